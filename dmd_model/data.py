@@ -1,0 +1,322 @@
+"""Reading MMSA-format MOSI/MOSEI pickles (`aligned_50.pkl`, `unaligned_50.pkl`) for training.
+
+The official DMD code reads these through MMSA's `MMDataset`; this module reads the same files the
+same way (features as float32, `-inf` in audio set to 0, `text_bert` instead of `text` when BERT is
+fine-tuned, labels from `regression_labels`) and checks them on load, so that a wrong file or a
+configuration that does not match it fails at once with the file, split, key and shape named,
+instead of as a shape error deep inside the network.
+
+The file is a pickle: load only files you trust, as with any pickle.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+_REQUIRED = "an MMSA pickle needs text, audio, vision, regression_labels"
+_WRITTEN_BY = "was it written by MMSA-FET or `dmd extract`?"
+# Samples checked for finite values at a time: MOSEI's text alone is ~2.5 GB, a boolean copy of it
+# all at once would cost another 600 MB.
+_FINITE_CHUNK = 1024
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable, or does not match what the model expects; the message
+    names the file, split, key and shape, and the fix."""
+
+
+@dataclass
+class MMSASplit:
+    """One split of an MMSA pickle, checked and converted.
+
+    `text` is (N, Lt, Dt) features, or (N, 3, Lt) BERT inputs (ids, mask, segments; float like the
+    official loader, the model casts) when loaded with `use_bert`. `audio` is (N, La, Da), `vision`
+    (N, Lv, Dv). `audio_lengths`/`vision_lengths` are given by unaligned pickles only.
+    """
+
+    text: np.ndarray
+    audio: np.ndarray
+    vision: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    raw_text: list[str]
+    audio_lengths: np.ndarray | None = None
+    vision_lengths: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_mmsa(
+    path: str | Path,
+    *,
+    use_bert: bool = False,
+    feature_dims: tuple[int, int, int] | None = None,
+    seq_lens: tuple[int, int, int] | None = None,
+) -> dict[str, MMSASplit]:
+    """Read an MMSA pickle into its `train`, `valid` and `test` splits.
+
+    `feature_dims` and `seq_lens` are the model's (text, audio, visual) triples (`model.feature_dims`,
+    `model.seq_lens`); when given, every split must match them. With `use_bert` the text comes from
+    `text_bert`, its feature size is not checked and its length is `text_bert.shape[2]`.
+    Raises `DataError` on anything the model could not train on.
+    """
+    path = Path(path)
+    raw = _read_pickle(path)
+    name = path.name
+    if not isinstance(raw, dict):
+        raise DataError(f"{name} holds a {type(raw).__name__}, expected a dict with splits train, valid, "
+                        f"test: {_WRITTEN_BY}")
+    missing = [s for s in SPLITS if s not in raw]
+    if missing:
+        raise DataError(f"{name} has no split(s) {missing} (found {sorted(map(str, raw))}): an MMSA pickle "
+                        f"has train, valid and test; {_WRITTEN_BY}")
+    return {
+        split: _check_split(raw[split], name, split, use_bert, feature_dims, seq_lens) for split in SPLITS
+    }
+
+
+def _read_pickle(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} not found: set data.path to an MMSA pickle "
+                        "(aligned_50.pkl / unaligned_50.pkl of MOSI or MOSEI)")
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError,
+            TypeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{str(path)!r} is not a readable pickle ({type(exc).__name__}: {exc}): "
+                        f"set data.path to an MMSA pickle; {_WRITTEN_BY}") from None
+
+
+def _check_split(
+    entry: Any,
+    name: str,
+    split: str,
+    use_bert: bool,
+    feature_dims: tuple[int, int, int] | None,
+    seq_lens: tuple[int, int, int] | None,
+) -> MMSASplit:
+    where = f"{name} split {split!r}"
+    if not isinstance(entry, dict):
+        raise DataError(f"{where} is a {type(entry).__name__}, expected a dict of arrays: {_WRITTEN_BY}")
+    text_key = "text_bert" if use_bert else "text"
+    for key in (text_key, "audio", "vision", "regression_labels"):
+        if key not in entry:
+            hint = ""
+            if key == "text_bert":
+                hint = " (model.use_bert needs BERT token ids; set it false to use the `text` features)"
+            raise DataError(f"{where} has no key {key!r}{hint}: {_REQUIRED}; {_WRITTEN_BY}")
+
+    arrays = {key: _float_array(entry[key], where, key) for key in (text_key, "audio", "vision")}
+    for key, arr in arrays.items():
+        if arr.ndim != 3:
+            expected = "(N, 3, L)" if key == "text_bert" else "(N, L, D)"
+            raise DataError(f"{where} key {key!r} has shape {arr.shape}, expected {expected}: {_WRITTEN_BY}")
+    if use_bert and arrays["text_bert"].shape[1] != 3:
+        raise DataError(f"{where} key 'text_bert' has shape {arrays['text_bert'].shape}, expected (N, 3, L) "
+                        "(token ids, attention mask, segment ids): the BERT inputs are not in MMSA's layout")
+
+    labels = _float_array(entry["regression_labels"], where, "regression_labels")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels.reshape(-1)
+    if labels.ndim != 1:
+        raise DataError(f"{where} key 'regression_labels' has shape {labels.shape}, expected (N,): "
+                        "one sentiment score per sample")
+    n = len(labels)
+    for key, arr in arrays.items():
+        if arr.shape[0] != n:
+            raise DataError(f"{where} key {key!r} has {arr.shape[0]} samples (shape {arr.shape}) but "
+                            f"'regression_labels' has {n}: every modality needs one entry per label; "
+                            "the file is inconsistent, re-extract it")
+
+    text, audio, vision = arrays[text_key], arrays["audio"], arrays["vision"]
+    _check_config(where, text_key, text, audio, vision, use_bert, feature_dims, seq_lens)
+
+    audio[audio == -np.inf] = 0  # official MMSA behaviour: silent frames carry -inf log energies
+    for key, arr in ((text_key, text), ("audio", audio), ("vision", vision), ("regression_labels", labels)):
+        _check_finite(where, key, arr)
+
+    lengths = {}
+    for key, arr in (("audio_lengths", audio), ("vision_lengths", vision)):
+        if key in entry and entry[key] is not None:
+            lengths[key] = _lengths(entry[key], where, key, n, arr.shape[1])
+
+    return MMSASplit(
+        text=text, audio=audio, vision=vision, labels=labels,
+        ids=_strings(entry.get("id"), where, "id", n, lambda i: f"{split}_{i:05d}"),
+        raw_text=_strings(entry.get("raw_text"), where, "raw_text", n, lambda i: ""),
+        audio_lengths=lengths.get("audio_lengths"), vision_lengths=lengths.get("vision_lengths"),
+    )
+
+
+def _float_array(value: Any, where: str, key: str) -> np.ndarray:
+    try:
+        # copy=False: MOSEI's arrays are gigabytes and usually float32 already.
+        return np.asarray(value).astype(np.float32, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where} key {key!r} is not a numeric array ({exc}): {_WRITTEN_BY}") from None
+
+
+def _check_config(
+    where: str, text_key: str, text: np.ndarray, audio: np.ndarray, vision: np.ndarray, use_bert: bool,
+    feature_dims: tuple[int, int, int] | None, seq_lens: tuple[int, int, int] | None,
+) -> None:
+    # (modality, key, array, index of its length axis)
+    parts = (("text", text_key, text, 2 if use_bert else 1), ("audio", "audio", audio, 1),
+             ("visual", "vision", vision, 1))
+    if feature_dims is not None:
+        # with use_bert the text axis 2 is the token count, not a feature size: keep the configured one
+        found = tuple(feature_dims[0] if use_bert and m == "text" else arr.shape[2] for m, _, arr, _ in parts)
+        for i, (modality, key, arr, _) in enumerate(parts):
+            if use_bert and modality == "text":
+                continue
+            if arr.shape[2] != feature_dims[i]:
+                raise DataError(
+                    f"{where} key {key!r} has shape {arr.shape}: {modality} features are {arr.shape[2]} "
+                    f"wide, expected {feature_dims[i]} (model.feature_dims = {list(feature_dims)}): set "
+                    f"model.feature_dims to {list(found)} for this file"
+                    + (" (text width is not checked with use_bert)" if use_bert else "")
+                )
+    if seq_lens is not None:
+        found = tuple(arr.shape[axis] for _, _, arr, axis in parts)
+        for i, (modality, key, arr, axis) in enumerate(parts):
+            if arr.shape[axis] != seq_lens[i]:
+                raise DataError(
+                    f"{where} key {key!r} has shape {arr.shape}: {modality} sequences have "
+                    f"{arr.shape[axis]} steps, expected {seq_lens[i]} (model.seq_lens = {list(seq_lens)}): "
+                    f"set model.seq_lens to {list(found)} for this file"
+                )
+
+
+def _check_finite(where: str, key: str, arr: np.ndarray) -> None:
+    bad_count, bad_samples = 0, []
+    for start in range(0, len(arr), _FINITE_CHUNK):
+        chunk = arr[start:start + _FINITE_CHUNK]
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            bad_count += int(bad.sum())
+            per_sample = bad.reshape(len(chunk), -1).any(axis=1)
+            bad_samples.extend((np.flatnonzero(per_sample) + start).tolist())
+    if bad_count:
+        shown = ", ".join(map(str, bad_samples[:5])) + (", ..." if len(bad_samples) > 5 else "")
+        raise DataError(
+            f"{where} key {key!r} has {bad_count} NaN or infinite value(s) in {len(bad_samples)} sample(s) "
+            f"(indices {shown}): the official files have none; re-extract the features or replace them"
+        )
+
+
+def _lengths(value: Any, where: str, key: str, n: int, max_len: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{where} key {key!r} has shape {arr.shape} ({arr.dtype}), expected ({n},) "
+                        "numbers: one length per sample")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > max_len):
+        raise DataError(f"{where} key {key!r} has lengths from {arr.min()} to {arr.max()}, but the "
+                        f"sequences have {max_len} steps: the lengths do not belong to these features")
+    return arr
+
+
+def _strings(value: Any, where: str, key: str, n: int, default) -> list[str]:
+    if value is None:  # optional in practice: ids and raw text only label the samples
+        return [default(i) for i in range(n)]
+    items = [str(v) for v in np.asarray(value, dtype=object).reshape(-1)]
+    if len(items) != n:
+        raise DataError(f"{where} key {key!r} has {len(items)} entries but 'regression_labels' has {n}: "
+                        "the file is inconsistent, re-extract it")
+    return items
+
+
+class MMSADataset(Dataset):
+    """A split as a PyTorch dataset, items as the official `MMDataset` gives them (without raw text).
+
+    An item is `{"text", "audio", "vision", "label", "index"}`: float32 tensors, `label` of shape
+    (1,) and the sample's `index` in the split (its id is `split.ids[index]`). Unaligned splits add
+    `audio_lengths` and `vision_lengths` (int64 scalars), as the official loader does.
+    """
+
+    def __init__(self, split: MMSASplit) -> None:
+        self.split = split
+        # Tensors are views of the arrays: no copy of the (possibly gigabytes of) features.
+        self._text = torch.from_numpy(split.text)
+        self._audio = torch.from_numpy(split.audio)
+        self._vision = torch.from_numpy(split.vision)
+        self._labels = torch.from_numpy(np.ascontiguousarray(split.labels.reshape(-1, 1)))
+        self._audio_lengths = _tensor_or_none(split.audio_lengths)
+        self._vision_lengths = _tensor_or_none(split.vision_lengths)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {
+            "text": self._text[index],
+            "audio": self._audio[index],
+            "vision": self._vision[index],
+            "label": self._labels[index],
+            "index": index,
+        }
+        if self._audio_lengths is not None:
+            item["audio_lengths"] = self._audio_lengths[index]
+        if self._vision_lengths is not None:
+            item["vision_lengths"] = self._vision_lengths[index]
+        return item
+
+
+def _tensor_or_none(arr: np.ndarray | None) -> torch.Tensor | None:
+    return None if arr is None else torch.from_numpy(arr)
+
+
+def make_loaders(
+    splits: dict[str, MMSASplit],
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> dict[str, DataLoader]:
+    """One DataLoader per split: `train` shuffled by a generator seeded with `seed` (the same seed
+    gives the same order, whatever else used the global RNG), the others in file order with
+    `eval_batch_size` (default `batch_size`). The last, smaller batch is kept, as officially."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size}: must be at least 1 (train.batch_size)")
+    eval_batch_size = eval_batch_size or batch_size
+    loaders = {}
+    for name, split in splits.items():
+        train = name == "train"
+        generator = torch.Generator().manual_seed(seed) if train else None
+        loaders[name] = DataLoader(
+            MMSADataset(split),
+            batch_size=batch_size if train else eval_batch_size,
+            shuffle=train,
+            generator=generator,
+            num_workers=num_workers,
+        )
+    return loaders
+
+
+def describe(splits: dict[str, MMSASplit]) -> dict[str, Any]:
+    """A JSON-able summary of the data (sizes, shapes, label statistics per split), stored in
+    checkpoints so that a result can be traced to the data it came from."""
+    out: dict[str, Any] = {}
+    for name, split in splits.items():
+        labels = split.labels.astype(np.float64)
+        out[name] = {
+            "n": len(split),
+            "text": list(split.text.shape),
+            "audio": list(split.audio.shape),
+            "vision": list(split.vision.shape),
+            "label_mean": round(float(labels.mean()), 6) if labels.size else None,
+            "label_std": round(float(labels.std()), 6) if labels.size else None,
+            # unaligned pickles carry per-sample lengths, aligned ones do not
+            "has_lengths": split.audio_lengths is not None or split.vision_lengths is not None,
+        }
+    return out
