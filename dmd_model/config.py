@@ -53,12 +53,17 @@ class GraphDistillConfig:
     regularizer: float = 10.0  # `gd_reg`: weight of (mean edge - prior)^2
     w_logit: float = 1.0  # `w_losses[0]`
     w_repr: float = 10.0  # `w_losses[1]`
-    metric: str = "l1"  # distance between logits (and representations in HomoGD)
+    metric: str = "l1"  # distance between logits (and representations where repr_loss is "metric")
+    # Representation distillation: "metric" (HomoGD: the metric above) or "cosine" (HeteroGD:
+    # CosineEmbeddingLoss with target -1, the official `min_cosine`)
+    repr_loss: str = "metric"
     alpha: float = 1 / 8  # edge softmax temperature: softmax(alpha * e)
 
     def validate(self, name: str) -> None:
         if len(self.prior) != 6:
             raise ConfigError(f"{name}.prior has {len(self.prior)} values, expected 6 (one per directed edge)")
+        if self.repr_loss not in ("metric", "cosine"):
+            raise ConfigError(f"{name}.repr_loss = {self.repr_loss!r}: use metric or cosine")
         if self.metric not in ("l1", "l2", "cosine"):
             raise ConfigError(f"{name}.metric = {self.metric!r}: use l1, l2 or cosine")
         if self.gd_size <= 0 or self.prior_temperature <= 0 or self.alpha <= 0:
@@ -77,8 +82,9 @@ class ModelConfig:
     # The official memory transformers ask for 3 layers but get max(nlevels, 3).
     memory_layers: int = 3
     conv_kernels: tuple[int, int, int] = (5, 5, 5)  # `conv1d_kernel_size_{l,a,v}`
-    # attention dropout of the transformers whose queries are text, audio, visual
-    # (`attn_dropout`, `attn_dropout_a`, `attn_dropout_v`)
+    # attention dropout of the transformers that attend to (take keys from) text, audio, visual
+    # (`attn_dropout`, `attn_dropout_a`, `attn_dropout_v`); the memory transformers use text's
+    # (official `get_network`: L<-A uses attn_dropout_a, L<-V attn_dropout_v, ...)
     attn_dropout: tuple[float, float, float] = (0.3, 0.2, 0.0)
     relu_dropout: float = 0.0
     res_dropout: float = 0.0
@@ -90,15 +96,25 @@ class ModelConfig:
     use_bert: bool = False
     bert_model: str = "bert-base-uncased"  # a Hugging Face name or a local folder
     bert_finetune: bool = True
+    # A BertConfig (as a mapping) for a randomly initialised BERT: tests and offline smoke runs.
+    bert_random_init: dict | None = None
     homo_gd: GraphDistillConfig = field(default_factory=GraphDistillConfig)
     hetero_gd: GraphDistillConfig = field(
-        default_factory=lambda: GraphDistillConfig(gd_size=32, prior=(0, 0, 1, 0, 1, 1))
+        default_factory=lambda: GraphDistillConfig(gd_size=32, prior=(0, 0, 1, 0, 1, 1), repr_loss="cosine")
     )
+
+    def projects(self, modality: str) -> bool:
+        """Whether a modality goes through the temporal convolution: the official model skips it
+        when the input is already `d_model` wide."""
+        return self.feature_dims[MODALITIES.index(modality)] != self.d_model
 
     @property
     def conv_lens(self) -> tuple[int, int, int]:
         """Sequence length after the temporal convolution (no padding)."""
-        return tuple(n - k + 1 for n, k in zip(self.seq_lens, self.conv_kernels))  # type: ignore[return-value]
+        return tuple(  # type: ignore[return-value]
+            n - k + 1 if self.projects(m) else n
+            for m, n, k in zip(MODALITIES, self.seq_lens, self.conv_kernels)
+        )
 
     def validate(self) -> None:
         for name in ("feature_dims", "seq_lens", "conv_kernels"):

@@ -1,0 +1,313 @@
+"""The MulT transformer encoders DMD uses, run as a stack of independent members.
+
+DMD has twelve transformer encoders: six crossmodal ones (L<-A, L<-V, A<-L, A<-V, V<-L, V<-A), three
+self-attention ones on the modality-irrelevant features and three "memory" ones on the concatenated
+crossmodal outputs. They share a width within each family, so `EncoderStack` holds the weights of G
+members as stacked tensors (member first) and runs every member whose sequence lengths agree in one
+batched operation. With aligned data the nine d-wide encoders run as one; with unaligned data the
+members fall back to smaller groups, with the same result. Each member computes what the official
+`TransformerEncoder` (MulT, fairseq lineage) computes:
+
+    x = sqrt(d) * x_in + pos(x_in);  dropout
+    per layer:  x = x + dropout(attn(LN0(x), LN0(kv), LN0(kv)))      (pre-norm, causal mask optional)
+                x = x + dropout(fc2(dropout(relu(fc1(LN1(x))))))
+    LN(x)
+
+For a crossmodal member, kv is the other modality, embedded once before the first layer the same way
+as x (with its own dropout for keys and for values in training, as the official code does); for a
+self-attention member, kv is the layer's current input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
+    """tensor2tensor-style sinusoidal embeddings; row 0 is the padding row (zeros)."""
+    half = dim // 2
+    scale = math.log(10000) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float) * -scale)
+    angles = torch.arange(num_positions, dtype=torch.float).unsqueeze(1) * freqs.unsqueeze(0)
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2 == 1:
+        table = torch.cat([table, torch.zeros(num_positions, 1)], dim=1)
+    table[0] = 0
+    return table
+
+
+def allowed_positions(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
+    """Boolean (q_len, k_len) mask of the positions a query may attend to.
+
+    The official `buffered_future_mask` hides key j from query i when j > i + |k_len - q_len|: the
+    causal mask, shifted when the two sequences differ in length.
+    """
+    i = torch.arange(q_len, device=device).unsqueeze(1)
+    j = torch.arange(k_len, device=device).unsqueeze(0)
+    return j <= i + abs(k_len - q_len)
+
+
+class EncoderStack(nn.Module):
+    """G independent MulT transformer encoders of one width and depth, with stacked weights.
+
+    Parameters are named after the official ones with the member as first index, for example
+    `layers.0.in_proj_weight[g]` is the official `trans_l_with_a.layers.0.self_attn.in_proj_weight`
+    for member g (see `dmd_model.official` for the key map).
+    """
+
+    def __init__(
+        self,
+        members: int,
+        dim: int,
+        num_heads: int,
+        layers: int,
+        attn_dropout: Sequence[float],
+        relu_dropout: float = 0.0,
+        res_dropout: float = 0.0,
+        embed_dropout: float = 0.0,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(attn_dropout) != members:
+            raise ValueError(f"attn_dropout has {len(attn_dropout)} values for {members} members")
+        self.members, self.dim, self.num_heads = members, dim, num_heads
+        self.head_dim = dim // num_heads
+        self.relu_dropout, self.res_dropout, self.embed_dropout = relu_dropout, res_dropout, embed_dropout
+        self.causal = causal
+        self._attn_dropout_list = [float(p) for p in attn_dropout]
+        self.layers = nn.ModuleList(_StackedLayer(members, dim) for _ in range(layers))
+        self.norm_weight = nn.Parameter(torch.ones(members, dim))
+        self.norm_bias = nn.Parameter(torch.zeros(members, dim))
+        self._positions: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+    # -- embedding -----------------------------------------------------------------------
+    def _position_table(self, length: int, like: Tensor) -> Tensor:
+        key = (length, like.device, like.dtype)
+        table = self._positions.get(key)
+        if table is None:
+            table = sinusoidal_table(length + 1, self.dim)[1:].to(device=like.device, dtype=like.dtype)
+            self._positions[key] = table
+        return table
+
+    def _embed(self, x: Tensor) -> Tensor:
+        """sqrt(d) * x + positions; a step whose first channel is exactly 0 counts as padding.
+
+        The official `make_positions` marks padding by `x[..., 0] == 0` and gives it the zero
+        embedding; real steps get position t + 1. Zero-padded inputs stay zero through the bias-free
+        convolutions, so this is how the official model tells padding apart.
+        """
+        positions = self._position_table(x.shape[-2], x)
+        real = (x[..., :1] != 0).to(x.dtype)
+        return torch.addcmul(x * math.sqrt(self.dim), real, positions)
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, queries: Sequence[Tensor], sources: Sequence[Tensor | None],
+                last_only: bool | Sequence[bool] = False) -> list[Tensor]:
+        """Run every member: `queries[g]` is (B, Lq, d); `sources[g]` is (B, Lk, d) for a crossmodal
+        member or None for self-attention. Returns the members' outputs, each (B, Lq, d), or for a
+        member with `last_only` (B, 1, d): its last step, which is all DMD reads from some encoders,
+        so their final layer computes queries for that step alone (same values, less work).
+
+        Members of the same kind (crossmodal or self) whose lengths agree run together.
+        """
+        if len(queries) != self.members or len(sources) != self.members:
+            raise ValueError(f"expected {self.members} members, got {len(queries)} queries")
+        last = [last_only] * self.members if isinstance(last_only, bool) else list(last_only)
+        groups: dict[tuple, list[int]] = {}
+        for g, (q, kv) in enumerate(zip(queries, sources)):
+            key = (q.shape[1], None if kv is None else kv.shape[1], last[g])
+            groups.setdefault(key, []).append(g)
+        outputs: list[Tensor | None] = [None] * self.members
+        for (_, k_len, last_g), idx in groups.items():
+            q = torch.stack([queries[g] for g in idx])
+            kv = None if k_len is None else torch.stack([sources[g] for g in idx])  # type: ignore[misc]
+            for g, out in zip(idx, self._run_group(idx, q, kv, last_g).unbind(0)):
+                outputs[g] = out
+        return outputs  # type: ignore[return-value]
+
+    def _select(self, param: Tensor, idx: list[int]) -> Tensor:
+        """The rows of a stacked parameter for the members idx (a view when they are contiguous)."""
+        if len(idx) == self.members:
+            return param
+        if idx == list(range(idx[0], idx[0] + len(idx))):
+            return param[idx[0]: idx[0] + len(idx)]
+        return param[idx]
+
+    def _run_group(self, idx: list[int], queries: Tensor, sources: Tensor | None, last_only: bool) -> Tensor:
+        G = len(idx)
+        training = self.training
+        x = self._embed(queries)  # (G, B, Lq, d)
+        if training and self.embed_dropout > 0:
+            x = F.dropout(x, self.embed_dropout, True)
+        # Keys and values of crossmodal members are embedded once; in training each gets its own
+        # embedding dropout, as the official code embeds x_in_k and x_in_v separately.
+        k_src = v_src = None
+        if sources is not None:
+            kv = self._embed(sources)
+            if training and self.embed_dropout > 0:
+                k_src = F.dropout(kv, self.embed_dropout, True)
+                v_src = F.dropout(kv, self.embed_dropout, True)
+            else:
+                k_src = v_src = kv
+        q_len = x.shape[2]
+        k_len = q_len if sources is None else sources.shape[2]
+        mask = allowed_positions(q_len, k_len, x.device) if self.causal else None
+        p_attn = [self._attn_dropout_list[g] for g in idx]
+        final = len(self.layers) - 1
+        for n, layer in enumerate(self.layers):
+            x = layer(self, idx, x, k_src, v_src, mask, p_attn, last_only and n == final)
+        return _norm(x, self._select(self.norm_weight, idx), self._select(self.norm_bias, idx))
+
+
+def _norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Layer norm with per-member affine parameters (G, d)."""
+    G = x.shape[0]
+    return torch.addcmul(bias.view(G, 1, 1, -1), F.layer_norm(x, (x.shape[-1],)), weight.view(G, 1, 1, -1))
+
+
+class _StackedLayer(nn.Module):
+    """One pre-norm encoder layer for G members (official `TransformerEncoderLayer`)."""
+
+    def __init__(self, members: int, dim: int) -> None:
+        super().__init__()
+        self.in_proj_weight = nn.Parameter(torch.empty(members, 3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(members, 3 * dim))
+        self.out_proj_weight = nn.Parameter(torch.empty(members, dim, dim))
+        self.out_proj_bias = nn.Parameter(torch.zeros(members, dim))
+        self.fc1_weight = nn.Parameter(torch.empty(members, 4 * dim, dim))
+        self.fc1_bias = nn.Parameter(torch.zeros(members, 4 * dim))
+        self.fc2_weight = nn.Parameter(torch.empty(members, dim, 4 * dim))
+        self.fc2_bias = nn.Parameter(torch.zeros(members, dim))
+        self.norm0_weight = nn.Parameter(torch.ones(members, dim))
+        self.norm0_bias = nn.Parameter(torch.zeros(members, dim))
+        self.norm1_weight = nn.Parameter(torch.ones(members, dim))
+        self.norm1_bias = nn.Parameter(torch.zeros(members, dim))
+        # Official initialisation: xavier_uniform for the attention projections and fc1/fc2 (per
+        # member, so fan-in/fan-out are those of one encoder), zero biases. The official out_proj is
+        # an nn.Linear re-initialised with xavier_uniform and a zero bias.
+        for w in (self.in_proj_weight, self.out_proj_weight, self.fc1_weight, self.fc2_weight):
+            for g in range(members):
+                nn.init.xavier_uniform_(w.data[g])
+
+    @staticmethod
+    def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """x (G, B, L, in) times per-member weight (G, out, in) plus bias (G, out).
+
+        Few tokens: one batched product (one call instead of G). Many tokens: one GEMM per member,
+        written in place when no gradient is needed; on CPU that is faster than the batched GEMM.
+        """
+        G, B, L, _ = x.shape
+        tokens = B * L
+        x2 = x.reshape(G, tokens, -1)
+        if tokens < _LOOP_TOKENS or G == 1:
+            return torch.baddbmm(bias.unsqueeze(1), x2, weight.transpose(1, 2)).view(G, B, L, -1)
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return torch.stack([F.linear(x2[g], weight[g], bias[g]) for g in range(G)]).view(G, B, L, -1)
+        out = x.new_empty(G, tokens, weight.shape[1])
+        for g in range(G):
+            torch.addmm(bias[g], x2[g], weight[g].t(), out=out[g])
+        return out.view(G, B, L, -1)
+
+    def forward(self, stack: EncoderStack, idx: list[int], x: Tensor, k_src: Tensor | None,
+                v_src: Tensor | None, mask: Tensor | None, p_attn: list[float], last_only: bool) -> Tensor:
+        sel = stack._select
+        d = x.shape[-1]
+        n0w, n0b = sel(self.norm0_weight, idx), sel(self.norm0_bias, idx)
+        w_in, b_in = sel(self.in_proj_weight, idx), sel(self.in_proj_bias, idx)
+        training = stack.training
+
+        # --- attention block -----------------------------------------------------------
+        h = _norm(x, n0w, n0b)
+        hq = h
+        if last_only:
+            x, hq = x[:, :, -1:], h[:, :, -1:]
+            mask = None if mask is None else mask[-1:]
+        if k_src is None and not last_only:
+            q, k, v = self._linear(h, w_in, b_in).split(d, dim=-1)  # self-attention: one product
+        elif k_src is None:
+            q = self._linear(hq, w_in[:, :d], b_in[:, :d])
+            k, v = self._linear(h, w_in[:, d:], b_in[:, d:]).split(d, dim=-1)
+        else:
+            q = self._linear(hq, w_in[:, :d], b_in[:, :d])
+            if k_src is v_src:
+                k, v = self._linear(_norm(k_src, n0w, n0b), w_in[:, d:], b_in[:, d:]).split(d, dim=-1)
+            else:
+                k = self._linear(_norm(k_src, n0w, n0b), w_in[:, d:2 * d], b_in[:, d:2 * d])
+                v = self._linear(_norm(v_src, n0w, n0b), w_in[:, 2 * d:], b_in[:, 2 * d:])  # type: ignore[arg-type]
+        attn = self._attention(stack, q, k, v, mask, p_attn, training)
+        attn = self._linear(attn, sel(self.out_proj_weight, idx), sel(self.out_proj_bias, idx))
+        if training and stack.res_dropout > 0:
+            attn = F.dropout(attn, stack.res_dropout, True)
+        x = x + attn
+
+        # --- position-wise feed-forward ----------------------------------------------------
+        h = _norm(x, sel(self.norm1_weight, idx), sel(self.norm1_bias, idx))
+        h = F.relu(self._linear(h, sel(self.fc1_weight, idx), sel(self.fc1_bias, idx)))
+        if training and stack.relu_dropout > 0:
+            h = F.dropout(h, stack.relu_dropout, True)
+        h = self._linear(h, sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
+        if training and stack.res_dropout > 0:
+            h = F.dropout(h, stack.res_dropout, True)
+        return x + h
+
+    @staticmethod
+    def _attention(stack: EncoderStack, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                   p_attn: list[float], training: bool) -> Tensor:
+        """Scaled dot-product attention over all members, batch items and heads at once.
+
+        DMD's heads are narrow (d / h = 5) and short (L = 46), so the cost is in the (L, L) score
+        matrices, not in the products: they are processed in chunks that stay in cache, which on a
+        CPU is about twice as fast as one pass over all of them (and than the fused SDPA kernels).
+        """
+        G, B, Lq, d = q.shape
+        Lk = k.shape[2]
+        h, hd = stack.num_heads, stack.head_dim
+        n = G * B * h
+        # (G, B, L, h*hd) -> (G*B*h, L, hd); values transposed, (G*B*h, hd, L): the product
+        # V^T P^T is several times faster than P V for these narrow heads
+        q = q.reshape(G * B, Lq, h, hd).transpose(1, 2).reshape(n, Lq, hd)
+        k = k.reshape(G * B, Lk, h, hd).transpose(1, 2).reshape(n, Lk, hd)
+        vt = v.reshape(G * B, Lk, h, hd).permute(0, 2, 3, 1).reshape(n, hd, Lk)
+        bias = None
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        keep = None
+        if training and any(p > 0 for p in p_attn):
+            # attention dropout differs between members: one keep probability per (member, item, head)
+            keep = 1.0 - torch.tensor(p_attn, device=q.device, dtype=q.dtype)
+            keep = keep.repeat_interleave(B * h).view(n, 1, 1)
+        scale = hd ** -0.5
+        chunk = max(1, _ATTENTION_CHUNK // (Lq * Lk))
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or vt.requires_grad)
+        out = None if grad else q.new_empty(n, hd, Lq)
+        pieces = []
+        for i in range(0, n, chunk):
+            j = min(n, i + chunk)
+            kt = k[i:j].transpose(1, 2)
+            if bias is None:
+                scores = torch.bmm(q[i:j], kt).mul_(scale)
+            else:
+                scores = torch.baddbmm(bias, q[i:j], kt, alpha=scale)
+            weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+            if keep is not None:
+                kp = keep[i:j]
+                weights = weights * (torch.rand_like(weights) < kp) / kp
+            if out is None:
+                pieces.append(torch.bmm(vt[i:j], weights.transpose(1, 2)))
+            else:
+                torch.bmm(vt[i:j], weights.transpose(1, 2), out=out[i:j])
+        if out is None:
+            out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        # (G*B*h, hd, Lq) -> (G, B, Lq, h*hd)
+        return out.view(G * B, h, hd, Lq).permute(0, 3, 1, 2).reshape(G, B, Lq, d)
+
+
+# tokens per member from which a per-member GEMM beats one batched GEMM (measured on CPU)
+_LOOP_TOKENS = 512
+# score elements per attention chunk: 2 MB of float32, which stays in a core's cache
+_ATTENTION_CHUNK = 1 << 19
