@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GD_ORDER, MODALITIES, ConfigError, ModelConfig
+from .dropout import dropout
 from .graph_distill import GraphDistillation, edge_matrix
 from .transformer import EncoderStack
 
@@ -54,7 +55,7 @@ class ResidualHead(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hidden = F.relu(self.proj1(x))
-        h = self.proj2(F.dropout(hidden, self.dropout, self.training)) + x
+        h = self.proj2(dropout(hidden, self.dropout, self.training)) + x
         return self.out(h), hidden, h
 
 
@@ -175,7 +176,7 @@ class DMD(nn.Module):
         cfg, training = self.cfg, self.training
         if self.text_encoder is not None:
             text = self.text_encoder(text)
-        text = F.dropout(text, cfg.text_dropout, training)
+        text = dropout(text, cfg.text_dropout, training)
         batch = text.shape[0]
 
         # 1. temporal convolution, then channels last: (B, L, d)

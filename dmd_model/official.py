@@ -197,7 +197,7 @@ def _with_bert_config_only(cfg: ModelConfig) -> ModelConfig:
         from transformers import BertConfig
 
         bert_config = BertConfig.from_pretrained(cfg.bert_model).to_dict()
-    except Exception:  # noqa: BLE001 - offline and not a local folder: load it the normal way
+    except Exception:
         return cfg
     return dataclasses.replace(cfg, bert_random_init=bert_config)
 

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
+from .dropout import dropout, row_thresholds
+
 
 def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
     """tensor2tensor-style sinusoidal embeddings; row 0 is the padding row (zeros)."""
@@ -120,10 +123,12 @@ class EncoderStack(nn.Module):
         last = [last_only] * self.members if isinstance(last_only, bool) else list(last_only)
         groups: dict[tuple, list[int]] = {}
         for g, (q, kv) in enumerate(zip(queries, sources)):
-            key = (q.shape[1], None if kv is None else kv.shape[1], last[g])
+            # in training, members without attention dropout run apart: they draw no random masks
+            drops = self.training and self._attn_dropout_list[g] > 0
+            key = (q.shape[1], None if kv is None else kv.shape[1], last[g], drops)
             groups.setdefault(key, []).append(g)
         outputs: list[Tensor | None] = [None] * self.members
-        for (_, k_len, last_g), idx in groups.items():
+        for (_, k_len, last_g, _), idx in groups.items():
             q = torch.stack([queries[g] for g in idx])
             kv = None if k_len is None else torch.stack([sources[g] for g in idx])  # type: ignore[misc]
             for g, out in zip(idx, self._run_group(idx, q, kv, last_g).unbind(0)):
@@ -141,17 +146,15 @@ class EncoderStack(nn.Module):
     def _run_group(self, idx: list[int], queries: Tensor, sources: Tensor | None, last_only: bool) -> Tensor:
         G = len(idx)
         training = self.training
-        x = self._embed(queries)  # (G, B, Lq, d)
-        if training and self.embed_dropout > 0:
-            x = F.dropout(x, self.embed_dropout, True)
+        x = dropout(self._embed(queries), self.embed_dropout, training)  # (G, B, Lq, d)
         # Keys and values of crossmodal members are embedded once; in training each gets its own
         # embedding dropout, as the official code embeds x_in_k and x_in_v separately.
         k_src = v_src = None
         if sources is not None:
             kv = self._embed(sources)
             if training and self.embed_dropout > 0:
-                k_src = F.dropout(kv, self.embed_dropout, True)
-                v_src = F.dropout(kv, self.embed_dropout, True)
+                k_src = dropout(kv, self.embed_dropout)
+                v_src = dropout(kv, self.embed_dropout)
             else:
                 k_src = v_src = kv
         q_len = x.shape[2]
@@ -198,16 +201,15 @@ class _StackedLayer(nn.Module):
     def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """x (G, B, L, in) times per-member weight (G, out, in) plus bias (G, out).
 
-        Few tokens: one batched product (one call instead of G). Many tokens: one GEMM per member,
-        written in place when no gradient is needed; on CPU that is faster than the batched GEMM.
+        Few tokens, or training: one batched product. Many tokens without gradients: one GEMM per
+        member written in place, which on a CPU is faster than the batched GEMM.
         """
         G, B, L, _ = x.shape
         tokens = B * L
         x2 = x.reshape(G, tokens, -1)
-        if tokens < _LOOP_TOKENS or G == 1:
+        grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        if tokens < _LOOP_TOKENS or G == 1 or grad:
             return torch.baddbmm(bias.unsqueeze(1), x2, weight.transpose(1, 2)).view(G, B, L, -1)
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            return torch.stack([F.linear(x2[g], weight[g], bias[g]) for g in range(G)]).view(G, B, L, -1)
         out = x.new_empty(G, tokens, weight.shape[1])
         for g in range(G):
             torch.addmm(bias[g], x2[g], weight[g].t(), out=out[g])
@@ -241,73 +243,39 @@ class _StackedLayer(nn.Module):
                 v = self._linear(_norm(v_src, n0w, n0b), w_in[:, 2 * d:], b_in[:, 2 * d:])  # type: ignore[arg-type]
         attn = self._attention(stack, q, k, v, mask, p_attn, training)
         attn = self._linear(attn, sel(self.out_proj_weight, idx), sel(self.out_proj_bias, idx))
-        if training and stack.res_dropout > 0:
-            attn = F.dropout(attn, stack.res_dropout, True)
-        x = x + attn
+        x = x + dropout(attn, stack.res_dropout, training)
 
         # --- position-wise feed-forward ----------------------------------------------------
         h = _norm(x, sel(self.norm1_weight, idx), sel(self.norm1_bias, idx))
         h = F.relu(self._linear(h, sel(self.fc1_weight, idx), sel(self.fc1_bias, idx)))
-        if training and stack.relu_dropout > 0:
-            h = F.dropout(h, stack.relu_dropout, True)
-        h = self._linear(h, sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
-        if training and stack.res_dropout > 0:
-            h = F.dropout(h, stack.res_dropout, True)
-        return x + h
+        h = self._linear(dropout(h, stack.relu_dropout, training), sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
+        return x + dropout(h, stack.res_dropout, training)
 
     @staticmethod
     def _attention(stack: EncoderStack, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                    p_attn: list[float], training: bool) -> Tensor:
-        """Scaled dot-product attention over all members, batch items and heads at once.
-
-        DMD's heads are narrow (d / h = 5) and short (L = 46), so the cost is in the (L, L) score
-        matrices, not in the products: they are processed in chunks that stay in cache, which on a
-        CPU is about twice as fast as one pass over all of them (and than the fused SDPA kernels).
-        """
+        """Multi-head attention over all members, batch items and heads at once (see
+        `dmd_model.attention` for why it is shaped this way)."""
         G, B, Lq, d = q.shape
         Lk = k.shape[2]
         h, hd = stack.num_heads, stack.head_dim
         n = G * B * h
-        # (G, B, L, h*hd) -> (G*B*h, L, hd); values transposed, (G*B*h, hd, L): the product
-        # V^T P^T is several times faster than P V for these narrow heads
+        # (G, B, L, h*hd) -> (G*B*h, L, hd); values transposed, (G*B*h, hd, L)
         q = q.reshape(G * B, Lq, h, hd).transpose(1, 2).reshape(n, Lq, hd)
         k = k.reshape(G * B, Lk, h, hd).transpose(1, 2).reshape(n, Lk, hd)
         vt = v.reshape(G * B, Lk, h, hd).permute(0, 2, 3, 1).reshape(n, hd, Lk)
         bias = None
         if mask is not None:
             bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-        keep = None
+        thresholds = row_scale = None
         if training and any(p > 0 for p in p_attn):
-            # attention dropout differs between members: one keep probability per (member, item, head)
-            keep = 1.0 - torch.tensor(p_attn, device=q.device, dtype=q.dtype)
-            keep = keep.repeat_interleave(B * h).view(n, 1, 1)
-        scale = hd ** -0.5
-        chunk = max(1, _ATTENTION_CHUNK // (Lq * Lk))
-        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or vt.requires_grad)
-        out = None if grad else q.new_empty(n, hd, Lq)
-        pieces = []
-        for i in range(0, n, chunk):
-            j = min(n, i + chunk)
-            kt = k[i:j].transpose(1, 2)
-            if bias is None:
-                scores = torch.bmm(q[i:j], kt).mul_(scale)
-            else:
-                scores = torch.baddbmm(bias, q[i:j], kt, alpha=scale)
-            weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            if keep is not None:
-                kp = keep[i:j]
-                weights = weights * (torch.rand_like(weights) < kp) / kp
-            if out is None:
-                pieces.append(torch.bmm(vt[i:j], weights.transpose(1, 2)))
-            else:
-                torch.bmm(vt[i:j], weights.transpose(1, 2), out=out[i:j])
-        if out is None:
-            out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            # attention dropout differs between members: one keep threshold per (member, item, head)
+            thresholds, row_scale = row_thresholds([1.0 - p for p in p_attn], B * h, q.device)
+            row_scale = row_scale.to(q.dtype).view(n, 1, 1)
+        out = attention(q, k, vt, bias, hd ** -0.5, thresholds, row_scale)
         # (G*B*h, hd, Lq) -> (G, B, Lq, h*hd)
         return out.view(G * B, h, hd, Lq).permute(0, 3, 1, 2).reshape(G, B, Lq, d)
 
 
 # tokens per member from which a per-member GEMM beats one batched GEMM (measured on CPU)
 _LOOP_TOKENS = 512
-# score elements per attention chunk: 2 MB of float32, which stays in a core's cache
-_ATTENTION_CHUNK = 1 << 19

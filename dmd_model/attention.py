@@ -1,0 +1,99 @@
+"""Scaled dot-product attention for many narrow heads, with its own backward pass.
+
+DMD's attention heads are narrow (d / h = 5 channels) and short (about 46 steps), and there are many of
+them: 12 transformers x 10 heads x batch. The cost is in the (L, L) weight matrices, not in the
+products, so this module
+- works through the heads in chunks whose weights stay in cache;
+- orients every batched product so that its output is wide (a (5, L) or (L, L) result rather than
+  (L, 5): on a CPU that is several times faster for these shapes), which is why values come in
+  transposed, (n, hd, L), and the output goes out transposed, (n, hd, Lq);
+- computes the gradient by hand from the saved weights, in the same orientations, instead of
+  letting autograd record a dozen small operations per chunk.
+Attention dropout keeps one probability per head row (members of a stack differ); its masks come
+from `dmd_model.dropout`, and its 1 / keep scale is applied to the (smaller) output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .dropout import keep_mask_rows
+
+# score elements per chunk: 2 MB of float32, which stays in a core's cache
+CHUNK_ELEMENTS = 1 << 19
+
+
+def attention(q: Tensor, k: Tensor, vt: Tensor, bias: Tensor | None, scale: float,
+              thresholds: Tensor | None = None, row_scale: Tensor | None = None) -> Tensor:
+    """softmax(scale * q k^T + bias) v for n heads, returned transposed.
+
+    q (n, Lq, hd), k (n, Lk, hd), vt (n, hd, Lk) (values transposed); bias (Lq, Lk) additive
+    (-inf hides a key) or None; thresholds (n,) int16 / row_scale (n, 1, 1) for attention dropout
+    (see `dmd_model.dropout.row_thresholds`) or None. Returns (n, hd, Lq).
+    """
+    return _Attention.apply(q, k, vt, bias, scale, thresholds, row_scale)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, vt: Tensor, bias: Tensor | None, scale: float,  # type: ignore[override]
+                thresholds: Tensor | None, row_scale: Tensor | None) -> Tensor:
+        n, Lq, hd = q.shape
+        Lk = k.shape[1]
+        chunk = max(1, CHUNK_ELEMENTS // (Lq * Lk))
+        save = any(ctx.needs_input_grad[:3])
+        weights = q.new_empty(n, Lq, Lk) if save else None  # softmax output, for the backward
+        dropped = q.new_empty(n, Lq, Lk) if save and thresholds is not None else None
+        masks = torch.empty(n, Lq, Lk, dtype=torch.bool, device=q.device) if dropped is not None else None
+        out = q.new_empty(n, hd, Lq)
+        for i in range(0, n, chunk):
+            j = min(n, i + chunk)
+            kt = k[i:j].transpose(1, 2)
+            if bias is None:
+                scores = torch.bmm(q[i:j], kt).mul_(scale)
+            else:
+                scores = torch.baddbmm(bias, q[i:j], kt, alpha=scale)
+            if weights is None:
+                p = torch.softmax(scores, dim=-1)
+            else:
+                p = torch._softmax(scores, -1, False, out=weights[i:j])
+            if thresholds is not None:
+                mask = keep_mask_rows(p.shape, thresholds[i:j])
+                if masks is not None:
+                    masks[i:j] = mask
+                    p = torch.mul(p, mask, out=dropped[i:j])  # type: ignore[index]
+                else:
+                    p = p * mask
+            torch.bmm(vt[i:j], p.transpose(1, 2), out=out[i:j])
+        if row_scale is not None:
+            out.mul_(row_scale)
+        if save:
+            ctx.save_for_backward(q, k, vt, weights, dropped, masks, row_scale)
+            ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        q, k, vt, weights, dropped, masks, row_scale = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        n = q.shape[0]
+        g_out = grad_out if row_scale is None else grad_out * row_scale
+        g_out = g_out.contiguous()
+        g_qt = torch.empty(n, q.shape[2], q.shape[1], dtype=q.dtype, device=q.device)
+        g_kt = torch.empty(n, k.shape[2], k.shape[1], dtype=k.dtype, device=k.device)
+        g_vt = torch.empty_like(vt)
+        used = weights if dropped is None else dropped
+        for i in range(0, n, chunk):
+            j = min(n, i + chunk)
+            go = g_out[i:j]  # (c, hd, Lq)
+            torch.bmm(go, used[i:j], out=g_vt[i:j])  # dV^T = dO^T P'
+            g_p = torch.bmm(go.transpose(1, 2), vt[i:j])  # dP' = dO V^T: (c, Lq, Lk)
+            if masks is not None:
+                g_p.mul_(masks[i:j])
+            g_s = torch._softmax_backward_data(g_p, weights[i:j], -1, g_p.dtype)
+            # dQ^T = K^T dS^T and dK^T = Q^T dS, both with a wide output
+            torch.baddbmm(g_qt[i:j], k[i:j].transpose(1, 2), g_s.transpose(1, 2), beta=0, alpha=scale,
+                          out=g_qt[i:j])
+            torch.baddbmm(g_kt[i:j], q[i:j].transpose(1, 2), g_s, beta=0, alpha=scale, out=g_kt[i:j])
+        return g_qt.transpose(1, 2), g_kt.transpose(1, 2), g_vt, None, None, None, None
