@@ -71,9 +71,9 @@ def margin_loss_reference(labels: Tensor, feats: Tensor, margin_scale: float = 0
         neg = [k for k in range(n) if labels[k] != labels[i]]
         if not pos or not neg:
             continue
-        cos = lambda j: (feats[i] * feats[j]).sum() / (norms[i] * norms[j])  # noqa: E731
+        cos = [(feats[i] * feats[j]).sum() / (norms[i] * norms[j]) for j in range(n)]
         terms = [
-            torch.relu(margin_scale * (labels[i] - labels[k]).abs() - cos(j) + cos(k))
+            torch.relu(margin_scale * (labels[i] - labels[k]).abs() - cos[j] + cos[k])
             for j in pos for k in neg
         ]
         total = total + torch.stack(terms).mean()

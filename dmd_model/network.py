@@ -119,7 +119,7 @@ class DMD(nn.Module):
         self.homo_head = nn.ModuleDict(
             {m: ResidualHead(d * lens[m], d, cfg.output_dropout) for m in MODALITIES})  # *_low
         # 4. transformers: six crossmodal + three self-attention (d wide), three memory (2d wide)
-        p_text, p_audio, p_visual = cfg.attn_dropout
+        p_text = cfg.attn_dropout[0]
         p_attn = dict(zip(MODALITIES, cfg.attn_dropout))
         self.encoders = EncoderStack(
             members=len(CROSSMODAL) + len(SELF_ATTENTION), dim=d, num_heads=cfg.num_heads, layers=cfg.layers,

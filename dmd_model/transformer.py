@@ -144,7 +144,6 @@ class EncoderStack(nn.Module):
         return param[idx]
 
     def _run_group(self, idx: list[int], queries: Tensor, sources: Tensor | None, last_only: bool) -> Tensor:
-        G = len(idx)
         training = self.training
         x = dropout(self._embed(queries), self.embed_dropout, training)  # (G, B, Lq, d)
         # Keys and values of crossmodal members are embedded once; in training each gets its own
