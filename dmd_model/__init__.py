@@ -1,0 +1,32 @@
+"""Live DMD's model package: DMD (Li, Wang, Cui, CVPR 2023), its training and evaluation on the
+MMSA data, checkpoints, and the import of official DMD weights.
+
+    from dmd_model import DMD, DMDConfig, import_official
+    cfg = DMDConfig.from_yaml("configs/model/mosi_aligned.yaml")
+    model = import_official("mosi-aligned.pth", cfg)
+    out = model(text, audio, visual)        # official output names: out["output_logit"], ...
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .config import MODALITIES, ConfigError, DMDConfig, ModelConfig
+from .network import DMD
+from .official import export_official, import_official
+
+__all__ = [
+    "DMD",
+    "MODALITIES",
+    "Checkpoint",
+    "CheckpointError",
+    "ConfigError",
+    "DMDConfig",
+    "ModelConfig",
+    "__version__",
+    "export_official",
+    "import_official",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -32,6 +32,15 @@ def attention(q: Tensor, k: Tensor, vt: Tensor, bias: Tensor | None, scale: floa
     (-inf hides a key) or None; thresholds (n,) int16 / row_scale (n, 1, 1) for attention dropout
     (see `dmd_model.dropout.row_thresholds`) or None. Returns (n, hd, Lq).
     """
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        # under autocast the products arrive in half precision; the weights and their softmax are
+        # kept in float32, as the official code keeps its softmax in float32
+        with torch.autocast(device_type, enabled=False):
+            q, k, vt = q.float(), k.float(), vt.float()
+            bias = None if bias is None else bias.float()
+            row_scale = None if row_scale is None else row_scale.float()
+            return _Attention.apply(q, k, vt, bias, scale, thresholds, row_scale)
     return _Attention.apply(q, k, vt, bias, scale, thresholds, row_scale)
 
 

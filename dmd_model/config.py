@@ -96,8 +96,9 @@ class ModelConfig:
     use_bert: bool = False
     bert_model: str = "bert-base-uncased"  # a Hugging Face name or a local folder
     bert_finetune: bool = True
-    # A BertConfig (as a mapping) for a randomly initialised BERT: tests and offline smoke runs.
-    bert_random_init: dict | None = None
+    # A BertConfig as a mapping: BERT is then built from it, without downloading pretrained weights
+    # (they come from a checkpoint, or stay random in tests). Checkpoints store it.
+    bert_config: dict | None = None
     homo_gd: GraphDistillConfig = field(default_factory=GraphDistillConfig)
     hetero_gd: GraphDistillConfig = field(
         default_factory=lambda: GraphDistillConfig(gd_size=32, prior=(0, 0, 1, 0, 1, 1), repr_loss="cosine")

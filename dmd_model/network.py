@@ -68,8 +68,8 @@ class TextEncoder(nn.Module):
             from transformers import BertConfig, BertModel
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ConfigError("model.use_bert needs the transformers package: pip install 'live-dmd[bert]'") from exc
-        if cfg.bert_random_init is not None:
-            self.model = BertModel(BertConfig(**cfg.bert_random_init))
+        if cfg.bert_config is not None:
+            self.model = BertModel(BertConfig(**cfg.bert_config))
         else:
             self.model = BertModel.from_pretrained(cfg.bert_model)
         hidden = self.model.config.hidden_size

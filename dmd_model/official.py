@@ -148,7 +148,7 @@ def import_official(
             "the configuration has model.use_bert = true but the checkpoint holds no text_model.* "
             "weights: set model.use_bert: false and feed 768-d text features"
         )
-    if has_bert and cfg.bert_random_init is None:
+    if has_bert and cfg.bert_config is None:
         # the weights come from the checkpoint: build the encoder from its configuration only
         cfg = _with_bert_config_only(cfg)
     model = DMD(cfg)
@@ -199,7 +199,7 @@ def _with_bert_config_only(cfg: ModelConfig) -> ModelConfig:
         bert_config = BertConfig.from_pretrained(cfg.bert_model).to_dict()
     except Exception:
         return cfg
-    return dataclasses.replace(cfg, bert_random_init=bert_config)
+    return dataclasses.replace(cfg, bert_config=bert_config)
 
 
 def export_official(model: DMD) -> dict[str, dict[str, Tensor]]:

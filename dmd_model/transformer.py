@@ -207,7 +207,7 @@ class _StackedLayer(nn.Module):
         tokens = B * L
         x2 = x.reshape(G, tokens, -1)
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        if tokens < _LOOP_TOKENS or G == 1 or grad:
+        if tokens < _LOOP_TOKENS or G == 1 or grad or torch.is_autocast_enabled(x.device.type):
             return torch.baddbmm(bias.unsqueeze(1), x2, weight.transpose(1, 2)).view(G, B, L, -1)
         out = x.new_empty(G, tokens, weight.shape[1])
         for g in range(G):

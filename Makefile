@@ -1,0 +1,51 @@
+# Live DMD: the two commands a new user runs are `make demo` and `make test`.
+# Both create .venv and install what is missing into it first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is installed first and pinned: 2.13.0 is the release this project is tested with. On a
+# machine without a GPU, `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the
+# multi-gigabyte CUDA build.
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP_TORCH   := $(BIN)/pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+
+.PHONY: demo test install install-dev lint bench fidelity clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_TORCH)
+	$(BIN)/pip install -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_TORCH)
+	$(BIN)/pip install -e ".[dev]"
+	@touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# The main job. Until the live pipeline lands, it trains DMD on a generated MMSA-format sample.
+demo: $(VENV)/.installed
+	$(BIN)/dmd train --synthetic --out runs/demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed-dev
+	@test -n "$(DMD_OFFICIAL)" || (echo "set DMD_OFFICIAL=/path/to/a/checkout/of/github.com/mdswyz/DMD"; exit 2)
+	$(BIN)/python bench/speed.py --official "$(DMD_OFFICIAL)"
+
+fidelity: $(VENV)/.installed-dev
+	@test -n "$(DMD_OFFICIAL)" || (echo "set DMD_OFFICIAL=/path/to/a/checkout/of/github.com/mdswyz/DMD"; exit 2)
+	$(BIN)/python bench/fidelity.py --official "$(DMD_OFFICIAL)"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

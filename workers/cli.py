@@ -1,0 +1,219 @@
+"""The `dmd` command line.
+
+    dmd train   --config configs/model/mosi_aligned.yaml --data aligned_50.pkl --out runs/mosi
+    dmd train   --synthetic                      # a synthetic MMSA-format sample, seconds on a CPU
+    dmd eval    runs/mosi/seed_1111/best.pt --data aligned_50.pkl [--split test]
+    dmd info    runs/mosi/seed_1111/best.pt [--json]
+    dmd import-official mosi-aligned.pth --config mosi_aligned --out mosi-aligned.dmd.pt
+
+Every long job shows progress on standard error; results go to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _config(name: str | None, overrides: list[str] | None, default: str = "mosi_aligned"):
+    import configs
+    from dmd_model.config import DMDConfig
+
+    name = name or default
+    path = Path(name)
+    if not path.is_file():
+        path = configs.path(name)
+    return DMDConfig.from_yaml(path, overrides or [])
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# -- train ---------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from dmd_model.data import load_mmsa
+    from dmd_model.metrics import format_metrics
+    from dmd_model.synthetic import write_synthetic_mmsa
+    from dmd_model.train import train
+
+    overrides = list(args.set or [])
+    if args.epochs is not None:
+        overrides.append(f"train.max_epochs={args.epochs}")
+    if args.bf16:
+        overrides.append("train.precision=bf16")
+    if args.deterministic:
+        overrides.append("train.deterministic=true")
+    cfg = _config(args.config, overrides, default="synthetic" if args.synthetic else "mosi_aligned")
+    tmp = None
+    if args.synthetic:
+        tmp = tempfile.TemporaryDirectory(prefix="dmd-synthetic-")
+        data_path = Path(tmp.name) / "synthetic.pkl"
+        m = cfg.model
+        write_synthetic_mmsa(data_path, seq_lens=m.seq_lens, feature_dims=m.feature_dims,
+                             aligned=cfg.data.aligned, with_bert=m.use_bert, seed=0)
+        data_desc = {"path": "synthetic (dmd_model.synthetic.write_synthetic_mmsa, seed 0)"}
+        profile = {"name": "synthetic", "text": "generated", "audio": "generated", "visual": "generated",
+                   "live": False}
+    else:
+        data_path = Path(args.data or cfg.data.path)
+        if not str(data_path) or not data_path.is_file():
+            print(f"dmd train: data file {str(data_path)!r} not found: give --data PATH to an MMSA pickle "
+                  "(aligned_50.pkl / unaligned_50.pkl) or use --synthetic", file=sys.stderr)
+            return 2
+        data_desc = {"path": str(data_path)}
+        profile = None  # the MMSA profile
+    splits = load_mmsa(data_path, use_bert=cfg.model.use_bert, feature_dims=cfg.model.feature_dims,
+                       seq_lens=cfg.model.seq_lens)
+    out = Path(args.out or f"runs/{cfg.name}")
+    seeds = args.seeds or list(cfg.train.seeds)
+    print(f"training {cfg.name} on {data_desc['path']} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())}) "
+          f"seeds {seeds} -> {out}", file=sys.stderr)
+    summary = train(cfg, splits, out_dir=out, seeds=seeds, device=args.device, progress=not args.quiet,
+                    data_info=data_desc, profile=profile)
+    for run in summary.runs:
+        print(f"seed {run.seed}: best epoch {run.best_epoch}/{run.epochs}, valid Loss {run.valid.get('Loss')}, "
+              f"test {format_metrics(run.test or {})}", file=sys.stderr)
+    result = {"out_dir": str(out), "test_mean_std": summary.table,
+              "checkpoints": [str(r.checkpoint) for r in summary.runs]}
+    _print_json(result)
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+# -- eval ------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dmd_model.train import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,
+                                  progress=not args.quiet)
+    _print_json({"checkpoint": args.checkpoint, "data": args.data, "split": args.split, "metrics": metrics})
+    return 0
+
+
+# -- info ------------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    from dmd_model.checkpoint import describe_checkpoint, load_checkpoint
+
+    info = describe_checkpoint(load_checkpoint(args.checkpoint))
+    if args.json:
+        _print_json(info)
+        return 0
+    print(_format_info(info))
+    return 0
+
+
+def _format_info(info: dict[str, Any]) -> str:
+    m = info["model"]
+    lines = [
+        f"file        {info['file']} ({info['bytes']} bytes, sha256 {info['sha256'][:16]}...)",
+        f"name        {info['name']}  ({info['precision']} weights, {info['parameters']:,} parameters"
+        + (f" + {info['text_encoder_parameters']:,} in BERT" if info["text_encoder_parameters"] else "") + ")",
+        f"model       d_model {m['d_model']}, {m['num_heads']} heads, {m['layers']} layers, "
+        f"features {m['feature_dims']}, lengths {m['seq_lens']}, BERT {m['use_bert']}",
+        f"modalities  {', '.join(info['modalities'])}",
+        f"profile     {info['profile'].get('name', '?')}: " + ", ".join(
+            f"{k} = {v}" for k, v in info["profile"].items() if k in ("text", "audio", "visual")),
+    ]
+    data = info.get("data") or {}
+    if data:
+        splits = data.get("splits", {})
+        lines.append(f"data        {data.get('path', '?')} "
+                     + ", ".join(f"{k} {v.get('n')}" for k, v in splits.items()))
+    for split, metrics in (info.get("metrics") or {}).items():
+        if metrics:
+            lines.append(f"{split:<11} " + "  ".join(f"{k} {v}" for k, v in metrics.items()))
+    tr = info.get("training") or {}
+    if tr:
+        lines.append("training    " + ", ".join(f"{k} {v}" for k, v in tr.items()))
+    cv = info.get("code_version") or {}
+    lines.append("code        " + ", ".join(f"{k} {v}" for k, v in cv.items()))
+    return "\n".join(lines)
+
+
+# -- import-official ---------------------------------------------------------------------------------
+def cmd_import_official(args: argparse.Namespace) -> int:
+    from dmd_model.checkpoint import save_checkpoint
+    from dmd_model.official import import_official
+
+    cfg = _config(args.config, args.set)
+    model = import_official(args.state_dict, cfg)
+    out = Path(args.out or Path(args.state_dict).with_suffix(".dmd.pt"))
+    save_checkpoint(out, model, cfg, data={"path": cfg.data.path, "source": f"official checkpoint {args.state_dict}"},
+                    training={"imported_from": str(args.state_dict)})
+    print(f"wrote {out}", file=sys.stderr)
+    _print_json({"checkpoint": str(out), "parameters": model.num_parameters()})
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmd", description="Live DMD: emotion recognition with DMD, "
+                                     "trained on CMU-MOSI/MOSEI and run on live streams.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train DMD on an MMSA-format pickle (several seeds, mean +- std)")
+    p.add_argument("--config", help="YAML file or shipped name (mosi_aligned, mosei_unaligned, synthetic, ...)")
+    p.add_argument("--data", help="MMSA pickle (default: data.path of the configuration)")
+    p.add_argument("--synthetic", action="store_true", help="train on a generated MMSA-format sample")
+    p.add_argument("--out", help="output folder (default runs/<name>)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: train.seeds of the configuration)")
+    p.add_argument("--epochs", type=int, help="at most this many epochs (train.max_epochs)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: train.device)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (train.precision=bf16)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a configuration value")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="metrics of a checkpoint on a split of an MMSA pickle")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="MMSA pickle")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="what a checkpoint holds")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import-official", help="convert an official DMD state dict (.pth) to a checkpoint")
+    p.add_argument("state_dict", help="official .pth (e.g. the authors' mosi-aligned.pth)")
+    p.add_argument("--config", default="mosi_aligned", help="the configuration it was trained with")
+    p.add_argument("--out", help="output checkpoint (default: next to the input, .dmd.pt)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a configuration value")
+    p.set_defaults(func=cmd_import_official)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from dmd_model.checkpoint import CheckpointError
+    from dmd_model.config import ConfigError
+    from dmd_model.data import DataError
+    from dmd_model.official import OfficialCheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, CheckpointError, OfficialCheckpointError, FileNotFoundError) as exc:
+        print(f"dmd {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dmd {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
