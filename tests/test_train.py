@@ -209,3 +209,34 @@ def test_cli_trains_evaluates_and_describes_a_checkpoint(tmp_path, capsys, synth
 def test_cli_reports_a_missing_data_file_with_the_fix(tmp_path, capsys):
     assert dmd(["train", "--config", "mosi_aligned", "--data", str(tmp_path / "nope.pkl")]) == 2
     assert "--synthetic" in capsys.readouterr().err
+
+
+TINY_BERT = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+def test_bert_text_encoder_is_fine_tuned_and_its_checkpoint_loads_offline(tmp_path):
+    raw = {**SMALL, "model": {**SMALL["model"], "feature_dims": [32, 5, 6], "use_bert": True,
+                              "bert_config": TINY_BERT},
+           "train": {**SMALL["train"], "max_epochs": 1}}
+    cfg = DMDConfig.from_dict(raw)
+    data = write_synthetic_mmsa(tmp_path / "bert.pkl", n_train=32, n_valid=8, n_test=8, seq_lens=(12, 12, 12),
+                                feature_dims=(32, 5, 6), with_bert=True, seed=1)
+    splits = load_mmsa(data, use_bert=True, feature_dims=cfg.model.feature_dims, seq_lens=cfg.model.seq_lens)
+    assert splits["train"].text.shape[1:] == (3, 12)
+    set_seed(0)
+    model = DMD(cfg.model)
+    before = model.text_encoder.model.embeddings.word_embeddings.weight.detach().clone()
+    trainer = Trainer(cfg, device="cpu", progress=False)
+    loaders = make_loaders(splits, batch_size=8, seed=0)
+    result = trainer.fit(model, loaders, seed=0, out_dir=tmp_path / "run")
+    after = model.text_encoder.model.embeddings.word_embeddings.weight.detach()
+    assert not torch.equal(before, after)  # fine-tuned, not frozen
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.config.model.bert_config["hidden_size"] == 32
+    rebuilt = ckpt.build_model()
+    x = next(iter(loaders["test"]))
+    with torch.no_grad():
+        a = model.eval()(x["text"], x["audio"], x["vision"])["output_logit"]
+        b = rebuilt(x["text"], x["audio"], x["vision"])["output_logit"]
+    assert torch.allclose(a, b, atol=1e-6)
