@@ -238,8 +238,11 @@ class DMDConfig:
         if unknown:
             raise ConfigError(f"unknown configuration section(s) {sorted(unknown)}: use model, loss, train, data")
         model_raw = dict(raw.get("model") or {})
-        gds = {k: _build(GraphDistillConfig, model_raw.pop(k), f"model.{k}") for k in ("homo_gd", "hetero_gd")
-               if k in model_raw}
+        # a partial GD section keeps that unit's own defaults (HeteroGD's differ from HomoGD's)
+        defaults = ModelConfig()
+        gds = {k: _build(GraphDistillConfig, {**dataclasses.asdict(getattr(defaults, k)), **(model_raw.pop(k) or {})},
+                         f"model.{k}")
+               for k in ("homo_gd", "hetero_gd") if k in model_raw}
         model = _build(ModelConfig, model_raw, "model")
         for k, v in gds.items():
             setattr(model, k, v)

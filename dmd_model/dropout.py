@@ -51,14 +51,15 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
 
 def row_thresholds(keep: list[float], repeat: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Per-row int16 comparison thresholds and float scales: each of `keep` repeated `repeat`
-    times. A row keeps an element when its 16-bit draw is below the threshold."""
+    times. A row keeps an element when its 16-bit draw is at most the threshold."""
     levels = torch.tensor([keep_threshold(k) for k in keep], dtype=torch.int32, device=device)
     levels = levels.repeat_interleave(repeat)
-    thresholds = (levels - _LEVELS // 2).clamp_max(_LEVELS // 2 - 1).to(torch.int16)
+    # keep when draw <= levels - 1 - 32768: all 65536 levels (keep = 1) fit int16 as 32767
+    thresholds = (levels - 1 - _LEVELS // 2).to(torch.int16)
     return thresholds, _LEVELS / levels.to(torch.float32)
 
 
 def keep_mask_rows(shape: torch.Size | tuple[int, ...], thresholds: Tensor) -> Tensor:
     """Bool keep mask of `shape` with one int16 threshold per leading row."""
     view = (shape[0], *([1] * (len(shape) - 1)))
-    return _uniform16(math.prod(shape), thresholds.device).view(shape) < thresholds.view(view)
+    return _uniform16(math.prod(shape), thresholds.device).view(shape) <= thresholds.view(view)

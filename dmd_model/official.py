@@ -98,7 +98,7 @@ class OfficialCheckpointError(ValueError):
 
 def _load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
     if isinstance(source, Mapping):
-        return dict(source)
+        return _strip_data_parallel(source)
     path = Path(source)
     if not path.is_file():
         raise OfficialCheckpointError(f"official checkpoint {str(path)!r} not found")
@@ -107,7 +107,11 @@ def _load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise OfficialCheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
-    # checkpoints saved from nn.DataParallel carry a "module." prefix
+    return _strip_data_parallel(state)
+
+
+def _strip_data_parallel(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """State dicts saved from nn.DataParallel carry a "module." prefix on every key."""
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

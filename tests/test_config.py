@@ -162,11 +162,6 @@ def test_overrides_reach_nested_sections_and_triples():
     assert cfg.loss.gd_weight == pytest.approx(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._build makes a partial model.hetero_gd section from GraphDistillConfig's defaults, "
-    "which are HomoGD's (prior ending 0, repr_loss metric), not ModelConfig's HeteroGD defaults",
-)
 def test_a_partial_hetero_gd_section_keeps_the_other_hetero_defaults():
     default = ModelConfig().hetero_gd
     cfg = DMDConfig.from_dict({"model": {"hetero_gd": {"gd_size": 8}}})

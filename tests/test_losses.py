@@ -362,11 +362,6 @@ def test_row_masks_keep_each_row_at_its_own_rate():
     torch.testing.assert_close(rates * scale.double(), torch.ones(6, dtype=torch.float64), atol=0.01, rtol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: row_thresholds clamps keep level 65536 to int16 32767, and keep_mask_rows keeps draws "
-    "strictly below it, so a keep-1.0 row drops 1 element in 65536 (with scale 1.0)",
-)
 def test_a_row_with_keep_probability_one_keeps_everything():
     torch.manual_seed(2)
     thresholds, scale = row_thresholds([1.0], repeat=1, device=torch.device("cpu"))

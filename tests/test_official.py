@@ -155,11 +155,6 @@ def test_a_pth_file_with_data_parallel_module_prefixes_loads(tmp_path):
         assert torch.equal(model(*inputs)["output_logit"], again(*inputs)["output_logit"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: official._load_state strips DataParallel 'module.' prefixes only for checkpoints read "
-    "from a file; the same state dict passed as a mapping fails with missing/unexpected keys",
-)
 def test_a_state_dict_with_data_parallel_module_prefixes_loads():
     model = make_model(SMALL)
     state = {f"module.{k}": v for k, v in export_official(model)["dmd"].items()}
