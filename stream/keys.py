@@ -1,0 +1,118 @@
+"""Redis key names of the pipeline, and session ids.
+
+Every key of one session carries the session id as a Redis Cluster hash tag (`dmd:{sid}:...`), so a
+session's streams, its EMA state and its publish markers live in one hash slot: a transaction over
+them works on one embedded server and on a cluster alike. The shared keys (`dmd:windows`,
+`dmd:dead`) are one per deployment.
+
+| key | type | written by | holds |
+|---|---|---|---|
+| `dmd:{sid}:audio` | stream | capture | 16 kHz mono int16 PCM chunks |
+| `dmd:{sid}:afeat` | stream | capture | acoustic feature frames (n, 25) |
+| `dmd:{sid}:vfeat` | stream | capture | face feature frames (n, 55) |
+| `dmd:{sid}:words` | stream | ASR | recognised words and the ASR watermark |
+| `dmd:{sid}:estimates` | stream | inference | published estimates (history) |
+| `dmd:{sid}:state` | hash | inference | the EMA: last window folded in and its value |
+| `dmd:{sid}:published:{k}` | string | inference | marker: window k was published (expires) |
+| `dmd:windows` | stream, group "infer" | capture | window notices: the jobs |
+| `dmd:dead` | stream | any consumer | entries given up on, with their reason |
+| `dmd:dead:count` | integer | any consumer | how many entries went to `dmd:dead` |
+| `dmd:est:{sid}` | pub/sub channel | inference | each estimate as JSON, as it is published |
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PREFIX = "dmd"
+WINDOWS = "dmd:windows"  # window notices, read by the inference workers' consumer group
+INFER_GROUP = "infer"
+DEAD = "dmd:dead"  # dead letters: entries that failed too often or could not be decoded
+DEAD_COUNT = "dmd:dead:count"
+
+# The streams that carry a session's data, by the name the messages use for them.
+SESSION_STREAMS: tuple[str, ...] = ("audio", "afeat", "vfeat", "words")
+
+SESSION_ID_CHARS = "letters A-Z a-z, digits 0-9, '_', '-' and '.'"
+SESSION_ID_MAX = 64
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def validate_session_id(sid: object) -> str:
+    """Return `sid` if it can name a session, else raise ValueError saying why.
+
+    Braces and colons are excluded because they would break the hash tag and the key layout;
+    spaces and other characters because session ids end up in URLs and file names.
+    """
+    if not isinstance(sid, str):
+        raise ValueError(f"session id {sid!r} is not a string ({type(sid).__name__}): use {SESSION_ID_CHARS}")
+    if not sid:
+        raise ValueError(f"session id is empty: use 1 to {SESSION_ID_MAX} of {SESSION_ID_CHARS}")
+    if len(sid) > SESSION_ID_MAX:
+        raise ValueError(f"session id {sid[:20]!r}... has {len(sid)} characters, at most {SESSION_ID_MAX} are allowed")
+    if not _SESSION_ID.fullmatch(sid):
+        bad = sorted({c for c in sid if not _SESSION_ID.fullmatch(c)})
+        raise ValueError(f"session id {sid!r} contains {''.join(bad)!r}: use only {SESSION_ID_CHARS}")
+    return sid
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """The key names of one session (the id is validated on construction)."""
+
+    session: str
+
+    def __post_init__(self) -> None:
+        validate_session_id(self.session)
+
+    def _key(self, name: str) -> str:
+        return f"{PREFIX}:{{{self.session}}}:{name}"
+
+    def stream(self, name: str) -> str:
+        """The data stream called `name` (one of SESSION_STREAMS)."""
+        if name not in SESSION_STREAMS:
+            raise ValueError(f"unknown session stream {name!r}: use one of {', '.join(SESSION_STREAMS)}")
+        return self._key(name)
+
+    @property
+    def audio(self) -> str:
+        return self._key("audio")
+
+    @property
+    def afeat(self) -> str:
+        return self._key("afeat")
+
+    @property
+    def vfeat(self) -> str:
+        return self._key("vfeat")
+
+    @property
+    def words(self) -> str:
+        return self._key("words")
+
+    @property
+    def estimates(self) -> str:
+        return self._key("estimates")
+
+    @property
+    def state(self) -> str:
+        return self._key("state")
+
+    def published(self, window: int) -> str:
+        """Marker key set once window `window` of this session has been published."""
+        return self._key(f"published:{int(window)}")
+
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel of this session's estimates."""
+        return estimate_channel(self.session)
+
+    def all_keys(self) -> list[str]:
+        """The session's long-lived keys (streams and state; publish markers expire by themselves)."""
+        return [*(self._key(name) for name in SESSION_STREAMS), self.estimates, self.state]
+
+
+def estimate_channel(session: str) -> str:
+    """`dmd:est:{sid}`: where a session's estimates are published as JSON."""
+    return f"{PREFIX}:est:{{{validate_session_id(session)}}}"

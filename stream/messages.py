@@ -1,0 +1,421 @@
+"""The messages on a session's streams and on `dmd:windows`: schemas, codecs, validation.
+
+A stream entry has two fields: `v`, the schema version as ASCII digits, and `m`, the message as a
+msgpack map (arrays as raw little-endian bytes with dtype and shape, see `stream.codec`). A reader
+checks `v` before it unpacks, so a newer writer is refused with a clear message rather than
+misread. Messages validate when they are built, so a producer learns of a bad value where it made
+it, and when they are decoded, because an entry can come from any process.
+
+Times are session seconds (`stream.window`). Each message has a `t_end`: the session time up to
+which it carries data. The session streams use it as the entry id (see `stream.session`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .codec import MessageError, pack, unpack
+from .keys import validate_session_id
+
+SCHEMA = 1
+SAMPLE_RATE = 16000
+AUDIO_FEATURES = 25  # eGeMAPSv02 low-level descriptors
+FACE_FEATURES = 55  # 52 blendshapes + yaw, pitch, roll
+
+
+# --- field checks: each raises MessageError naming the field --------------------------------------
+
+def _number(value: Any, name: str, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise MessageError(f"{value!r} is not a number", name)
+    value = float(value)
+    if not math.isfinite(value):
+        raise MessageError(f"{value} is not finite", name)
+    if low is not None and value < low:
+        raise MessageError(f"{value} is below {low}", name)
+    if high is not None and value > high:
+        raise MessageError(f"{value} is above {high}", name)
+    return value
+
+
+def _integer(value: Any, name: str, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise MessageError(f"{value!r} is not an integer", name)
+    value = int(value)
+    if low is not None and value < low:
+        raise MessageError(f"{value} is below {low}", name)
+    return value
+
+
+def _array(value: Any, name: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise MessageError(f"expected an array, got {type(value).__name__}", name)
+    return value
+
+
+def _finite(arr: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise MessageError(f"has {int(bad.sum())} non-finite values (first at index {first}): replace them "
+                           f"before sending", name)
+
+
+def _times(value: Any, name: str) -> np.ndarray:
+    """Frame times: a 1-D array of finite, non-negative, non-decreasing session seconds (float64)."""
+    arr = np.asarray(value) if isinstance(value, (list, tuple)) else _array(value, name)
+    if arr.dtype.kind not in "iuf":
+        raise MessageError(f"dtype {arr.dtype} is not numeric: times are session seconds", name)
+    arr = arr.astype(np.float64, copy=False)
+    if arr.ndim != 1:
+        raise MessageError(f"has shape {arr.shape}, expected (n,)", name)
+    _finite(arr, name)
+    if len(arr) and arr[0] < 0:
+        raise MessageError(f"starts at {arr[0]}, before the session started (0)", name)
+    if np.any(np.diff(arr) < 0):
+        i = int(np.argmax(np.diff(arr) < 0))
+        raise MessageError(f"goes backwards at frame {i + 1} ({arr[i]} then {arr[i + 1]}): frames must be in time "
+                           f"order", name)
+    return arr
+
+
+def _frames(value: Any, name: str, n: int, width: int) -> np.ndarray:
+    arr = _array(value, name)
+    if arr.dtype != np.float32:
+        raise MessageError(f"dtype is {arr.dtype}, expected float32: convert with .astype(np.float32)", name)
+    if arr.shape != (n, width):
+        raise MessageError(f"has shape {arr.shape}, expected ({n}, {width}): one row of {width} features per "
+                           f"timestamp", name)
+    _finite(arr, name)
+    return arr
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+class Message:
+    """Base of the stream messages: `to_fields` / `from_fields` for XADD and XRANGE."""
+
+    type: ClassVar[str]  # also the session stream the message goes to (audio, afeat, vfeat, words)
+    # Every message has `t_end`, the session time up to which it carries data (a property or a field).
+
+    def body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Message:
+        raise NotImplementedError
+
+    def to_fields(self) -> dict[str, bytes]:
+        """The stream entry: `{"v": b"1", "m": msgpack}`."""
+        return {"v": str(SCHEMA).encode(), "m": pack({"type": self.type, **self.body()})}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> Message:
+        """Decode and validate a stream entry; raises MessageError with the reason."""
+        body = _entry_body(fields)
+        if body.get("type") != cls.type:
+            raise MessageError(f"entry holds a {body.get('type')!r} message, expected {cls.type!r}", "type")
+        try:
+            return cls.from_body(body)
+        except KeyError as exc:
+            raise MessageError(f"{cls.type} message has no field {exc.args[0]!r}", str(exc.args[0])) from None
+
+
+def _entry_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
+    fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in fields.items()}
+    if "v" not in fields or "m" not in fields:
+        raise MessageError(f"entry has fields {sorted(fields)}, expected 'v' (schema version) and 'm' (message)")
+    raw_version = fields["v"]
+    try:
+        version = int(raw_version)
+    except (TypeError, ValueError):
+        raise MessageError(f"schema version {raw_version!r} is not an integer", "v") from None
+    if version > SCHEMA:
+        raise MessageError(f"schema version {version} is newer than this reader ({SCHEMA}): upgrade live-dmd", "v")
+    if version < 1:
+        raise MessageError(f"schema version {version} does not exist", "v")
+    body = unpack(fields["m"])
+    if not isinstance(body, dict):
+        raise MessageError(f"message is a msgpack {type(body).__name__}, expected a map", "m")
+    return body
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk(Message):
+    """PCM audio: 16 kHz mono int16 samples starting at session time `t0` (typically 100 ms)."""
+
+    type: ClassVar[str] = "audio"
+    t0: float
+    pcm: np.ndarray
+    sample_rate: int = SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "t0", _number(self.t0, "audio.t0", low=0.0))
+        rate = _integer(self.sample_rate, "audio.sample_rate")
+        if rate != SAMPLE_RATE:
+            raise MessageError(f"audio chunk has {rate} Hz, expected {SAMPLE_RATE}: resample to 16 kHz before "
+                               f"sending", "audio.sample_rate")
+        pcm = _array(self.pcm, "audio.pcm")
+        if pcm.ndim == 2 and pcm.shape[1] > 1:
+            raise MessageError(f"has shape {pcm.shape}: {pcm.shape[1]} channels, expected mono: mix down first",
+                               "audio.pcm")
+        if pcm.ndim != 1:
+            raise MessageError(f"has shape {pcm.shape}, expected (samples,)", "audio.pcm")
+        if pcm.dtype != np.int16:
+            raise MessageError(f"dtype is {pcm.dtype}, expected int16 PCM", "audio.pcm")
+        if len(pcm) == 0:
+            raise MessageError("is empty: send chunks with at least one sample", "audio.pcm")
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm)
+
+    @property
+    def t_end(self) -> float:
+        return self.t0 + self.samples / self.sample_rate
+
+    def body(self) -> dict[str, Any]:
+        return {"t0": self.t0, "samples": self.samples, "sample_rate": self.sample_rate, "pcm": self.pcm}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AudioChunk:
+        chunk = cls(t0=body["t0"], pcm=body["pcm"], sample_rate=body["sample_rate"])
+        samples = _integer(body["samples"], "audio.samples", low=1)
+        if samples != chunk.samples:
+            raise MessageError(f"says {samples} samples but the PCM holds {chunk.samples}", "audio.samples")
+        return chunk
+
+
+@dataclass(frozen=True, eq=False)
+class AcousticFrames(Message):
+    """Acoustic feature frames (eGeMAPS low-level descriptors, 100 Hz): float32 (n, 25), one session
+    time per frame."""
+
+    type: ClassVar[str] = "afeat"
+    width: ClassVar[int] = AUDIO_FEATURES
+    t: np.ndarray
+    features: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = _times(self.t, f"{self.type}.t")
+        if len(t) == 0:
+            raise MessageError("is empty: send at least one frame", f"{self.type}.t")
+        object.__setattr__(self, "t", t)
+        _frames(self.features, f"{self.type}.features", len(t), self.width)
+
+    @property
+    def frames(self) -> int:
+        return len(self.t)
+
+    @property
+    def t_end(self) -> float:
+        return float(self.t[-1])
+
+    def body(self) -> dict[str, Any]:
+        return {"t": self.t, "features": self.features}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AcousticFrames:
+        return cls(t=body["t"], features=body["features"])
+
+
+@dataclass(frozen=True, eq=False)
+class FaceFrames(Message):
+    """Face feature frames: float32 (n, 55) (52 blendshapes, yaw, pitch, roll), a face-present flag per
+    frame (rows without a face are zeros) and one session time per frame."""
+
+    type: ClassVar[str] = "vfeat"
+    width: ClassVar[int] = FACE_FEATURES
+    t: np.ndarray
+    features: np.ndarray
+    face: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = _times(self.t, "vfeat.t")
+        if len(t) == 0:
+            raise MessageError("is empty: send at least one frame", "vfeat.t")
+        object.__setattr__(self, "t", t)
+        _frames(self.features, "vfeat.features", len(t), self.width)
+        face = _array(self.face, "vfeat.face")
+        if face.dtype != np.bool_ or face.shape != (len(t),):
+            raise MessageError(f"is {face.dtype} {face.shape}, expected bool ({len(t)},): one flag per frame",
+                               "vfeat.face")
+
+    @property
+    def frames(self) -> int:
+        return len(self.t)
+
+    @property
+    def t_end(self) -> float:
+        return float(self.t[-1])
+
+    def body(self) -> dict[str, Any]:
+        return {"t": self.t, "features": self.features, "face": self.face}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> FaceFrames:
+        return cls(t=body["t"], features=body["features"], face=body["face"])
+
+
+@dataclass(frozen=True)
+class Word:
+    """A recognised word with its session times and the recogniser's confidence in [0, 1]."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.word, str) or not self.word.strip():
+            raise MessageError(f"{self.word!r} is not a non-empty string", "words.word")
+        object.__setattr__(self, "start", _number(self.start, "words.start", low=0.0))
+        object.__setattr__(self, "end", _number(self.end, "words.end"))
+        if self.end < self.start:
+            raise MessageError(f"word {self.word!r} ends at {self.end}, before it starts ({self.start})", "words.end")
+        object.__setattr__(self, "confidence", _number(self.confidence, "words.confidence", 0.0, 1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.word, "start": self.start, "end": self.end, "confidence": self.confidence}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Word:
+        if not isinstance(d, Mapping):
+            raise MessageError(f"{d!r} is not a map with word, start, end, confidence", "words")
+        try:
+            return cls(word=d["word"], start=d["start"], end=d["end"], confidence=d["confidence"])
+        except KeyError as exc:
+            raise MessageError(f"a word has no {exc.args[0]!r}", f"words.{exc.args[0]}") from None
+
+
+@dataclass(frozen=True)
+class AsrWords(Message):
+    """Words the ASR has committed, and its watermark: every word starting before `watermark` has been
+    sent, so a window ending at or before the watermark has all its words. An entry with no words
+    and a later watermark says "silence up to here"."""
+
+    type: ClassVar[str] = "words"
+    words: tuple[Word, ...]
+    watermark: float
+
+    def __post_init__(self) -> None:
+        words = tuple(w if isinstance(w, Word) else Word.from_dict(w) for w in self.words)
+        object.__setattr__(self, "words", words)
+        watermark = _number(self.watermark, "words.watermark", low=0.0)
+        object.__setattr__(self, "watermark", watermark)
+        for i, w in enumerate(words):
+            if w.end > watermark:
+                raise MessageError(f"word {i} ({w.word!r}) ends at {w.end}, after the watermark {watermark}: "
+                                   f"commit words only up to the watermark", "words.end")
+            if i and w.start < words[i - 1].start:
+                raise MessageError(f"word {i} ({w.word!r}) starts at {w.start}, before word {i - 1}: words must "
+                                   f"be in time order", "words.start")
+
+    @property
+    def t_end(self) -> float:
+        return self.watermark
+
+    def body(self) -> dict[str, Any]:
+        return {"words": [w.to_dict() for w in self.words], "watermark": self.watermark}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AsrWords:
+        words = body["words"]
+        if not isinstance(words, list):
+            raise MessageError(f"is a {type(words).__name__}, expected a list", "words.words")
+        return cls(words=tuple(Word.from_dict(w) for w in words), watermark=body["watermark"])
+
+
+@dataclass(frozen=True)
+class WindowNotice(Message):
+    """A window is ready: the job an inference worker takes from `dmd:windows`. `notice_time` is the
+    wall-clock time (Unix seconds) the notice was sent, for the latency parts of the estimate."""
+
+    type: ClassVar[str] = "window"
+    session: str
+    window: int
+    t_start: float
+    t_end: float
+    notice_time: float
+
+    def __post_init__(self) -> None:
+        try:
+            validate_session_id(self.session)
+        except ValueError as exc:
+            raise MessageError(str(exc), "window.session") from None
+        object.__setattr__(self, "window", _integer(self.window, "window.window", low=0))
+        object.__setattr__(self, "t_start", _number(self.t_start, "window.t_start"))
+        object.__setattr__(self, "t_end", _number(self.t_end, "window.t_end", low=0.0))
+        if self.t_end <= self.t_start:
+            raise MessageError(f"{self.t_end} is not after t_start {self.t_start}", "window.t_end")
+        object.__setattr__(self, "notice_time", _number(self.notice_time, "window.notice_time", low=0.0))
+
+    def body(self) -> dict[str, Any]:
+        return {"session": self.session, "window": self.window, "t_start": self.t_start, "t_end": self.t_end,
+                "notice_time": self.notice_time}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> WindowNotice:
+        return cls(session=body["session"], window=body["window"], t_start=body["t_start"], t_end=body["t_end"],
+                   notice_time=body["notice_time"])
+
+
+SESSION_MESSAGES: dict[str, type[Message]] = {
+    m.type: m for m in (AudioChunk, AcousticFrames, FaceFrames, AsrWords)
+}
+
+
+def decode(fields: Mapping[Any, Any], expected: type[Message] | None = None) -> Message:
+    """Decode a stream entry into its message (of type `expected` if given); MessageError if malformed."""
+    if expected is not None:
+        return expected.from_fields(fields)
+    body = _entry_body(fields)
+    kind = body.get("type")
+    cls = {**SESSION_MESSAGES, WindowNotice.type: WindowNotice}.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise MessageError(f"unknown message type {kind!r}", "type")
+    return cls.from_fields(fields)
+
+
+def concat_frames(messages: Sequence[AcousticFrames | FaceFrames], t_start: float, t_end: float,
+                  kind: type[AcousticFrames | FaceFrames] | None = None) -> dict[str, np.ndarray]:
+    """The frames of `messages` with `t_start <= t < t_end`, as arrays: `t`, `features` and, for face
+    frames, `face`. With no messages, empty arrays of the width of `kind` (default AcousticFrames)."""
+    kinds = {type(m) for m in messages} | ({kind} if kind else set())
+    if len(kinds) > 1:
+        raise ValueError(f"cannot concatenate frames of different kinds: {sorted(k.type for k in kinds)}")
+    cls = kinds.pop() if kinds else AcousticFrames
+    if not messages:
+        out = {"t": np.zeros(0), "features": np.zeros((0, cls.width), np.float32)}
+        if cls is FaceFrames:
+            out["face"] = np.zeros(0, bool)
+        return out
+    t = np.concatenate([m.t for m in messages])
+    keep = (t >= t_start) & (t < t_end)
+    out = {"t": t[keep], "features": np.concatenate([m.features for m in messages])[keep]}
+    if cls is FaceFrames:
+        out["face"] = np.concatenate([m.face for m in messages])[keep]  # type: ignore[union-attr]
+    return out
+
+
+def concat_audio(chunks: Sequence[AudioChunk], t_start: float, t_end: float) -> tuple[float, np.ndarray]:
+    """The PCM of `chunks` between `t_start` and `t_end`: (time of the first sample, int16 samples).
+    Gaps between chunks are kept as they are (no padding); chunks are assumed in time order."""
+    if not chunks:
+        return max(t_start, 0.0), np.zeros(0, np.int16)
+    parts, first = [], None
+    for c in chunks:
+        i0 = max(0, math.ceil((t_start - c.t0) * c.sample_rate - 1e-6))
+        i1 = min(c.samples, math.ceil((t_end - c.t0) * c.sample_rate - 1e-6))
+        if i1 > i0:
+            parts.append(c.pcm[i0:i1])
+            if first is None:
+                first = c.t0 + i0 / c.sample_rate
+    if not parts:
+        return max(t_start, 0.0), np.zeros(0, np.int16)
+    return first, np.concatenate(parts)  # type: ignore[return-value]

@@ -1,0 +1,151 @@
+"""Publishing estimates: once per window, in one transaction, with the session's EMA.
+
+An inference worker hands a finished `Estimate` to `EstimatePublisher.publish`. In one optimistic
+transaction over the session's keys (all in the session's hash slot):
+
+```
+WATCH dmd:{sid}:published:{k} dmd:{sid}:state
+EXISTS dmd:{sid}:published:{k}           -> 1: another worker published window k; stop
+HGETALL dmd:{sid}:state                   -> the EMA: last window folded in, its smoothed value
+    (the worker computes the smoothed value and the JSON, and validates it)
+MULTI
+  SET dmd:{sid}:published:{k} 1 EX ttl
+  HSET dmd:{sid}:state window k smoothed s          (not for a late window)
+  XADD dmd:{sid}:estimates MAXLEN ~ N * estimate <json>
+  PUBLISH dmd:est:{sid} <json>
+EXEC                                      -> nil if a watched key changed: read again and retry
+```
+
+Why this shape:
+
+- Publish once. Two workers can hold the same window (a slow worker's window is claimed by
+  another after the idle time). Whichever EXEC runs first sets the marker; the other's EXEC fails
+  because the marker it watched changed, and on retry it sees the marker and reports a duplicate.
+  The marker is a key of its own with a TTL (default 15 minutes), longer than a window can stay in
+  flight (`max_deliveries` x `claim_idle`), so markers do not pile up.
+- The EMA is a read-modify-write on `dmd:{sid}:state`, done inside the same transaction: any worker
+  can continue any session, and two windows of one session published at the same time are folded in
+  one after the other (the loser retries with the winner's state).
+- WATCH rather than a Lua script, so the JSON (with its `smoothed`) is built and validated in Python
+  by the same code that a subscriber's reader uses; a script would have to edit JSON in Lua.
+- XADD and PUBLISH in one MULTI: a subscriber and a history reader see the same estimates.
+
+The EMA follows window order even when windows finish out of order: see `ema_update`. The ack of the
+window notice is the caller's next step, after `publish` returns (`stream.consumer.Delivery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from .codec import MessageError
+from .estimate import EmaState, Estimate, ema_update
+from .keys import PREFIX, SessionKeys, estimate_channel
+
+ESTIMATE_FIELD = "estimate"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What `publish` did. `published` False: the window had been published already (by another worker
+    or an earlier delivery) and nothing was sent. `late`: a later window was already in the EMA, so
+    this one was published without moving it. `estimate` is the estimate as sent, with `smoothed`."""
+
+    published: bool
+    estimate: Estimate | None = None
+    late: bool = False
+    entry_id: str | None = None
+
+
+class EstimatePublisher:
+    """Publishes estimates to `dmd:{sid}:estimates` and `dmd:est:{sid}`, once per window, with the EMA."""
+
+    def __init__(self, redis: aioredis.Redis, *, alpha: float = 0.3, marker_ttl_s: int = 900,
+                 estimates_maxlen: int = 7200, max_attempts: int = 100) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"EMA alpha = {alpha!r}: expected 0 < alpha <= 1")
+        self.redis = redis
+        self.alpha = alpha
+        self.marker_ttl_s = int(marker_ttl_s)
+        self.estimates_maxlen = int(estimates_maxlen)  # 7200 windows: one hour at a 0.5 s hop
+        self.max_attempts = max_attempts
+        self.conflicts = 0  # transactions retried because another publish of the session came first
+
+    async def publish(self, estimate: Estimate) -> Publication:
+        keys = SessionKeys(estimate.session)
+        marker = keys.published(estimate.window)
+        for _ in range(self.max_attempts):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(marker, keys.state)
+                    if await pipe.exists(marker):
+                        return Publication(published=False)
+                    state = _state_from_hash(await pipe.hgetall(keys.state), keys.state)
+                    new_state, smoothed = ema_update(state, estimate.window, estimate.sentiment, self.alpha)
+                    final = estimate.with_smoothed(smoothed)
+                    text = final.to_json()  # validates: a malformed estimate raises MessageError here
+                    pipe.multi()
+                    pipe.set(marker, b"1", ex=self.marker_ttl_s)
+                    if new_state is not None:
+                        pipe.hset(keys.state, mapping={"window": new_state.window, "smoothed": repr(new_state.value)})
+                    pipe.xadd(keys.estimates, {ESTIMATE_FIELD: text}, maxlen=self.estimates_maxlen, approximate=True)
+                    pipe.publish(keys.channel, text)
+                    results = await pipe.execute()
+                except WatchError:
+                    self.conflicts += 1
+                    await asyncio.sleep(random.uniform(0, 0.002))
+                    continue
+            entry_id = results[-2]
+            return Publication(published=True, estimate=final, late=new_state is None,
+                               entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+        raise RuntimeError(f"could not publish window {estimate.window} of session {estimate.session!r}: "
+                           f"{self.max_attempts} transactions in a row lost to other publishers of this session")
+
+
+def _state_from_hash(raw: dict, key: str) -> EmaState | None:
+    if not raw:
+        return None
+    try:
+        return EmaState(window=int(raw[b"window"]), value=float(raw[b"smoothed"]))
+    except (KeyError, ValueError) as exc:
+        raise MessageError(f"EMA state {raw!r} is unreadable ({exc}): delete {key} to start the EMA again") from None
+
+
+async def read_ema(redis: aioredis.Redis, session: str) -> EmaState | None:
+    """The session's EMA state, or None before its first estimate."""
+    key = SessionKeys(session).state
+    return _state_from_hash(await redis.hgetall(key), key)
+
+
+async def watch_estimates(redis: aioredis.Redis, session: str | None = None,
+                          ready: asyncio.Event | None = None) -> AsyncIterator[Estimate]:
+    """Yield estimates as they are published: of one session, or of all sessions when `session` is None.
+    `ready` is set once the subscription is in place (a publish before that is not seen)."""
+    pubsub = redis.pubsub()
+    try:
+        if session is None:
+            await pubsub.psubscribe(f"{PREFIX}:est:*")
+        else:
+            await pubsub.subscribe(estimate_channel(session))
+        if ready is not None:
+            ready.set()
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            try:
+                yield Estimate.from_json(message["data"])
+            except (MessageError, json.JSONDecodeError) as exc:
+                # publish() validates, so this is a foreign publisher on our channel: skip, say so
+                log.warning("skipped a malformed estimate on %s: %s", message.get("channel"), exc)
+    finally:
+        await pubsub.aclose()

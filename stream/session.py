@@ -1,0 +1,215 @@
+"""A session's streams in Redis: writing messages, reading a time span back, window notices.
+
+Entry ids are session time. A session stream entry's id is `<ms>-<seq>`, where `ms` is the message's
+`t_end` (the session time up to which it carries data) in whole milliseconds, rounded down, and
+`seq` numbers entries within one millisecond. Ids must grow, so an entry whose `ms` is not after the
+previous entry's takes the previous `ms` and the next `seq` (its id is then a little later than its
+data, never earlier). Because of this:
+
+- `XRANGE key <ms(t0)> +` returns every entry that holds data at or after t0, with no guessed
+  look-back, whatever an entry's length (a 100 ms PCM chunk, a batch of frames, an ASR segment).
+- Each producer's entries follow one another without overlap (a chunk starts where the last ended,
+  an ASR entry's words start at or after the previous watermark), so reading stops at the first
+  entry that reaches t1: `read_span` is one round trip of two XRANGEs.
+- The last entry's id says how far a stream has data (`data_until` decodes it for the exact time),
+  and retention is by session time: `XADD ... MINID ~ <ms(t_end) - retention>` keeps the last
+  `retention_s` seconds (approximately: Redis trims whole macro nodes).
+- A retried XADD is idempotent: if the first attempt landed before the connection dropped, the
+  retry with the same id is refused as "equal or smaller than the target stream top item", which
+  `add` takes as success.
+
+One producer writes each stream (the capture worker audio, afeat and vfeat; the ASR worker words).
+
+Window notices go to `dmd:windows` with Redis-assigned ids (several capture workers write there),
+trimmed by `MAXLEN ~`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from .connection import CONNECTION_ERRORS, Backoff, retry_outage
+from .estimate import Estimate
+from .keys import WINDOWS, SessionKeys
+from .messages import AsrWords, Message, WindowNotice, Word, decode
+from .publish import ESTIMATE_FIELD
+from .window import Window
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+
+def time_to_ms(t: float) -> int:
+    """Session seconds to the millisecond part of a stream id (rounded down, never negative)."""
+    return max(0, math.floor(t * 1000 + 1e-6))
+
+
+class Session:
+    """One session's streams: `add` messages, `read_span` them back, send window notices.
+
+    `retention_s` is how much session time the data streams keep; `windows_maxlen` bounds
+    `dmd:windows`. A `Session` is cheap: make one per session and task.
+    """
+
+    def __init__(self, redis: aioredis.Redis, session: str, *, retention_s: float = 120.0,
+                 windows_maxlen: int = 10_000, backoff: Backoff | None = None, max_outage_s: float = 30.0) -> None:
+        self.redis = redis
+        self.keys = SessionKeys(session)
+        self.id = session
+        if not retention_s > 0:
+            raise ValueError(f"retention_s = {retention_s!r}: expected a positive number of seconds")
+        self.retention_s = retention_s
+        self.windows_maxlen = windows_maxlen
+        self.backoff = backoff or Backoff()
+        self.max_outage_s = max_outage_s
+        self._last: dict[str, tuple[int, int]] = {}  # stream -> last id written, as (ms, seq)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    async def add(self, message: Message) -> str:
+        """Append `message` to its stream (audio, afeat, vfeat or words); returns the entry id.
+
+        Survives a Redis outage of up to `max_outage_s` seconds by retrying with backoff; adds to one
+        stream are serialised so their ids stay in order."""
+        kind = message.type
+        key = self.keys.stream(kind)
+        fields = message.to_fields()
+        lock = self._locks.setdefault(kind, asyncio.Lock())
+        async with lock:
+            if kind not in self._last:
+                self._last[kind] = await self._retrying(self._read_last_id, key)
+            ms = time_to_ms(message.t_end)
+            entry_id = self._next_id(kind, ms)
+            minid = ms - int(self.retention_s * 1000)
+            retried = False
+            resynced = False
+            deadline = time.monotonic() + self.max_outage_s
+            while True:
+                try:
+                    await self.redis.xadd(key, fields, id=entry_id, minid=minid if minid > 0 else None,
+                                          approximate=True)
+                    break
+                except ResponseError as exc:
+                    if "equal or smaller" not in str(exc):
+                        raise
+                    if retried:
+                        break  # the attempt before the connection dropped had landed
+                    if resynced:
+                        raise
+                    # another writer moved the stream on: continue after its last entry
+                    log.warning("%s has entries after %s (a second producer?): continuing after them", key, entry_id)
+                    self._last[kind] = await self._read_last_id(key)
+                    entry_id = self._next_id(kind, ms)
+                    resynced = True
+                except CONNECTION_ERRORS as exc:
+                    if time.monotonic() > deadline:
+                        raise
+                    retried = True
+                    delay = self.backoff.next_delay()
+                    log.warning("XADD %s failed (%s); retrying in %.2f s", key, exc, delay)
+                    await asyncio.sleep(delay)
+            self.backoff.reset()
+            self._last[kind] = _split_id(entry_id)
+            return entry_id
+
+    def _next_id(self, kind: str, ms: int) -> str:
+        last_ms, last_seq = self._last.get(kind, (0, 0))
+        if ms > last_ms:
+            return f"{ms}-0"
+        return f"{last_ms}-{last_seq + 1}"
+
+    async def _read_last_id(self, key: str) -> tuple[int, int]:
+        last = await self.redis.xrevrange(key, "+", "-", count=1)
+        return _split_id(last[0][0]) if last else (0, 0)
+
+    async def _retrying(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return await retry_outage(fn, *args, backoff=self.backoff, max_outage_s=self.max_outage_s,
+                                  what=f"session {self.id}")
+
+    async def notify_window(self, window: Window) -> str:
+        """Send the notice that `window` is complete to `dmd:windows`; returns the entry id."""
+        notice = WindowNotice(session=self.id, window=window.index, t_start=window.t_start, t_end=window.t_end,
+                              notice_time=time.time())
+        entry_id = await self._retrying(self._xadd_notice, notice)
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    async def _xadd_notice(self, notice: WindowNotice) -> bytes:
+        return await self.redis.xadd(WINDOWS, notice.to_fields(), maxlen=self.windows_maxlen, approximate=True)
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    async def read_span(self, kind: type[M], t_start: float, t_end: float) -> list[M]:
+        """The messages of stream `kind` (AudioChunk, AcousticFrames, FaceFrames, AsrWords) that hold
+        data in [t_start, t_end], oldest first. Messages at the edges also hold data outside the span:
+        cut with `concat_frames`, `concat_audio` or `words_between`. A malformed entry raises
+        MessageError naming its field."""
+        if t_end < t_start:
+            raise ValueError(f"span [{t_start}, {t_end}] ends before it starts")
+        key = self.keys.stream(kind.type)
+        lo, hi = time_to_ms(t_start), time_to_ms(t_end)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(key, str(lo), str(hi))  # ms-only ids: from lo-0 to hi-<max seq>
+            pipe.xrange(key, str(hi + 1), "+", count=1)  # the first entry reaching past t_end
+            inside, after = await pipe.execute()
+        messages = [kind.from_fields(fields) for _, fields in inside]
+        if after and (not messages or messages[-1].t_end < t_end):
+            messages.append(kind.from_fields(after[0][1]))
+        return messages  # type: ignore[return-value]
+
+    async def data_until(self, kind: type[Message]) -> float | None:
+        """Session time up to which stream `kind` has data (for words: the ASR watermark); None if empty."""
+        last = await self.redis.xrevrange(self.keys.stream(kind.type), "+", "-", count=1)
+        return decode(last[0][1], kind).t_end if last else None  # type: ignore[attr-defined]
+
+    async def wait_until(self, kind: type[Message], t: float, timeout: float) -> float | None:
+        """Wait up to `timeout` seconds for stream `kind` to have data up to `t` (the inference worker
+        waiting for the ASR watermark, at most `asr_grace`). Returns the time reached, which is below
+        `t` after a timeout, or None if the stream is still empty."""
+        key = self.keys.stream(kind.type)
+        deadline = time.monotonic() + timeout
+        last = await self.redis.xrevrange(key, "+", "-", count=1)
+        reached = decode(last[0][1], kind).t_end if last else None  # type: ignore[attr-defined]
+        last_id = last[0][0] if last else b"0-0"
+        while reached is None or reached < t:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            new = await self.redis.xread({key: last_id}, block=max(1, int(remaining * 1000)))
+            for _, entries in new or ():
+                for entry_id, fields in entries:
+                    reached = decode(fields, kind).t_end  # type: ignore[attr-defined]
+                    last_id = entry_id
+        return reached
+
+    async def estimates(self, count: int = 100) -> list[Estimate]:
+        """The session's last `count` published estimates, in the order they were published."""
+        entries = await self.redis.xrevrange(self.keys.estimates, "+", "-", count=count)
+        return [Estimate.from_json(fields[ESTIMATE_FIELD.encode()]) for _, fields in reversed(entries)]
+
+    async def expire(self, seconds: int) -> None:
+        """Let the session's keys go `seconds` after it ended (its streams, estimates and EMA state)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in self.keys.all_keys():
+                pipe.expire(key, int(seconds))
+            await pipe.execute()
+
+
+def _split_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def words_between(messages: Sequence[AsrWords], t_start: float, t_end: float) -> list[Word]:
+    """The words of `messages` that overlap [t_start, t_end), in time order."""
+    return [w for m in messages for w in m.words if w.end > t_start and w.start < t_end]
