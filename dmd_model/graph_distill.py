@@ -54,7 +54,8 @@ class GraphDistillation(nn.Module):
         self.W_logit = nn.Linear(logit_dim, cfg.gd_size)
         self.W_repr = nn.Linear(repr_dim, cfg.gd_size)
         self.W_edge = nn.Linear(cfg.gd_size * 4, 1)
-        prior = torch.softmax(torch.tensor(cfg.prior, dtype=torch.float) / cfg.prior_temperature, 0)
+        # in float64 then rounded, as the official code softmaxes its prior in NumPy float64
+        prior = torch.softmax(torch.tensor(cfg.prior, dtype=torch.float64) / cfg.prior_temperature, 0).float()
         # not in the state dict, as in the official code: it follows from the configuration
         self.register_buffer("prior", prior, persistent=False)
 
