@@ -201,7 +201,7 @@ def _with_bert_config_only(cfg: ModelConfig) -> ModelConfig:
         from transformers import BertConfig
 
         bert_config = BertConfig.from_pretrained(cfg.bert_model).to_dict()
-    except Exception:
+    except Exception:  # noqa: BLE001 - reported to the caller
         return cfg
     return dataclasses.replace(cfg, bert_config=bert_config)
 

@@ -5,8 +5,9 @@ aligned windows), runs DMD in `torch.inference_mode` on the chosen device (bf16 
 and returns per-sample results with plain Python numbers: the fused sentiment, each modality's
 homogeneous and heterogeneous predictions, and both GD-Units' 3x3 edge matrices.
 
-Modalities the checkpoint was not trained with, or marked absent in a sample, are fed as zeros,
-as the training data had them (see `Predictor.modalities`).
+Modalities the checkpoint was not trained with are fed as zeros, as its training data had them
+(see `Predictor.modalities`). Other inputs go in as the alignment made them, present or not, since
+dataset extraction stores them the same way; presence is reported, not imposed.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ class Predictor:
 
     def predict(self, text: np.ndarray, audio: np.ndarray, visual: np.ndarray,
                 present: np.ndarray | None = None) -> list[Prediction]:
-        """text (B, Lt, Dt), audio (B, La, Da), visual (B, Lv, Dv) float arrays; present (B, 3) bool in
-        (text, audio, visual) order, or None for all present. Absent or untrained modalities are
-        zeroed before the model sees them."""
+        """text (B, Lt, Dt), audio (B, La, Da), visual (B, Lv, Dv) float arrays. Modalities the
+        checkpoint was not trained with are zeroed. `present` (B, 3) bool in (text, audio, visual)
+        order, when given, also zeroes the modalities marked absent (for checkpoints trained that
+        way; the default keeps the aligned features as extraction stores them)."""
         arrays = {"text": text, "audio": audio, "visual": visual}
         batch = len(text)
         for m, arr in arrays.items():

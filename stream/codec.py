@@ -48,7 +48,7 @@ def _decode_array(body: bytes) -> np.ndarray:
     try:
         dtype_str, shape, data = msgpack.unpackb(body, raw=False)
         dtype = np.dtype(dtype_str)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
         raise MessageError(f"array header cannot be read ({exc})") from None
     if dtype.kind not in _KINDS:
         raise MessageError(f"array dtype {dtype_str!r} is not allowed: expected a bool, integer or float dtype")
@@ -84,5 +84,5 @@ def unpack(data: bytes) -> Any:
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=True)
     except MessageError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
         raise MessageError(f"not valid msgpack ({type(exc).__name__}: {exc})") from None

@@ -237,7 +237,7 @@ class _Collector:
 def _run(smile: Any, collector: _Collector) -> None:
     try:
         smile.run()
-    except BaseException as e:  # re-raised in the caller's thread by feed / finish
+    except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread by feed / finish
         collector.error = e
 
 
@@ -248,7 +248,7 @@ def _stop(smile: Any, thread: threading.Thread) -> None:
         for stop in (lambda: smile.external_audio_source_set_eoi("extsource"), smile.abort):
             try:
                 stop()
-            except Exception:
+            except Exception:  # noqa: BLE001 - reported to the caller
                 continue
             thread.join(timeout=5.0)
             if not thread.is_alive():

@@ -1,0 +1,272 @@
+"""The inference worker: window notices in, estimates out.
+
+A worker is one member of the consumer group "infer" on `dmd:windows`; add workers (on any machine)
+to serve more sessions. For each window notice it
+
+1. waits for the session's ASR watermark to pass the window's end, at most `asr.grace_s`;
+2. reads the window's span back from the session's streams (acoustic frames, face frames, words);
+3. aligns them into the model's input (`dmd_model.features.align_window`, the same function that
+   made the training data), off the event loop;
+4. runs DMD on a micro-batch of windows from any sessions (up to `max_batch`, waiting at most
+   `max_wait_ms` for a batch to fill), in `torch.inference_mode`, on CUDA with bf16 when present,
+   in a thread of its own;
+5. publishes the estimate (stream + pub/sub, once per window, with the session's EMA) and only then
+   acknowledges the notice.
+
+A notice or session entry that cannot be decoded goes to `dmd:dead` with its reason; any other
+failure leaves the notice pending, to be claimed again (by this or another worker) and dead-lettered
+after `max_deliveries`. `stop()` (SIGTERM) stops taking notices and finishes those in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from dmd_model.features import Frames, align_window, voiced_mask
+from dmd_model.features import Word as FeatureWord
+from dmd_model.features.alignment import AlignedWindow, stack_windows
+from dmd_model.predict import Predictor, sentiment_label
+from stream.codec import MessageError
+from stream.consumer import Delivery, GroupConsumer
+from stream.estimate import Estimate, ModalityResult
+from stream.keys import INFER_GROUP, WINDOWS
+from stream.messages import AcousticFrames, AsrWords, FaceFrames, WindowNotice, Word, concat_frames
+from stream.publish import EstimatePublisher
+from stream.session import Session, words_between
+
+from .metrics import Metrics
+from .settings import InferenceSettings
+
+log = logging.getLogger("dmd.infer")
+
+@dataclass
+class _Job:
+    delivery: Delivery
+    notice: WindowNotice
+    window: AlignedWindow
+    received: float  # monotonic, when the notice was read
+    latency: dict[str, float] = field(default_factory=dict)
+
+
+def _frames(messages: list[Any], t_start: float, t_end: float, kind: type) -> Frames:
+    """A window's frames from stream messages, as the alignment takes them."""
+    arrays = concat_frames(messages, t_start, t_end, kind=kind)
+    values = arrays["features"]
+    present = arrays["face"] if kind is FaceFrames else voiced_mask(values)
+    return Frames(arrays["t"], values, present)
+
+
+class InferenceWorker:
+    """One inference worker (see the module docstring). `run()` until `stop()`."""
+
+    def __init__(self, redis: aioredis.Redis, predictor: Predictor, settings: InferenceSettings | None = None, *,
+                 asr_grace_s: float = 0.4, name: str | None = None, metrics: Metrics | None = None,
+                 text_encoder: Any = None) -> None:
+        self.redis = redis
+        self.predictor = predictor
+        self.settings = settings or InferenceSettings()
+        self.asr_grace_s = asr_grace_s
+        self.metrics = metrics or Metrics()
+        s = self.settings
+        self.consumer = GroupConsumer(redis, WINDOWS, INFER_GROUP, name, count=s.max_batch, block_ms=200,
+                                      claim_idle_ms=s.claim_idle_ms, max_deliveries=s.max_deliveries)
+        self.publisher = EstimatePublisher(redis, alpha=s.ema_alpha)
+        self.name = self.consumer.name
+        self._text_encoder = text_encoder
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="dmd-model")
+        self._prep_threads = ThreadPoolExecutor(2, thread_name_prefix="dmd-align")
+        self._ready: asyncio.Queue[_Job] = asyncio.Queue(maxsize=4 * s.max_batch)
+        self._preparing: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(4 * s.max_batch)  # notices being prepared or waiting for the model
+        self.published = 0
+        self.duplicates = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop taking notices; `run` returns once the ones in flight are published."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._text_encoder is None:
+            from dmd_model.features import load_text_encoder
+
+            profile = self.predictor.checkpoint.profile
+            self._text_encoder = await loop.run_in_executor(
+                self._prep_threads, load_text_encoder, profile.get("text_model", "all-MiniLM-L6-v2"))
+        await self.consumer.ensure_group()
+        batcher = asyncio.create_task(self._batch_loop(), name="dmd-infer-batcher")
+        try:
+            await self._read_loop()
+            if self._preparing:
+                await asyncio.gather(*self._preparing, return_exceptions=True)
+            await self._ready.join()
+        finally:
+            batcher.cancel()
+            await asyncio.gather(batcher, return_exceptions=True)
+            self._model_thread.shutdown(wait=False)
+            self._prep_threads.shutdown(wait=False)
+
+    async def _read_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self._slots._value  # type: ignore[attr-defined]
+            if free == 0:
+                await self._slots.acquire()
+                self._slots.release()
+                continue
+            deliveries = await self.consumer.read(count=min(free, self.settings.max_batch), block_ms=200)
+            self.metrics.pending.set(len(self._preparing) + self._ready.qsize())
+            for delivery in deliveries:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._prepare(delivery, time.monotonic()))
+                self._preparing.add(task)
+                task.add_done_callback(self._preparing.discard)
+
+    # -- preparing a window ------------------------------------------------------------------------
+    async def _prepare(self, delivery: Delivery, received: float) -> None:
+        queued = False
+        try:
+            try:
+                notice = delivery.decode(WindowNotice)
+            except MessageError as exc:
+                await self._dead(delivery, f"window notice: {exc}")
+                return
+            job = await self._read_window(delivery, notice, received)
+            if job is None:
+                return
+            await self._ready.put(job)
+            queued = True
+        except MessageError as exc:
+            await self._dead(delivery, f"session data: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a worker must outlive any one window
+            log.warning("window entry %s failed (%s: %s); it stays pending for a retry", delivery.id,
+                        type(exc).__name__, exc)
+            self.metrics.failures.inc()
+            delivery.release()
+        finally:
+            if not queued:
+                self._slots.release()
+
+    async def _read_window(self, delivery: Delivery, notice: WindowNotice, received: float) -> _Job | None:
+        session = Session(self.redis, notice.session)
+        t0, t1 = notice.t_start, notice.t_end
+        latency: dict[str, float] = {}
+        start = time.monotonic()
+        if self.asr_grace_s > 0:
+            await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s)
+        latency["asr_wait"] = (time.monotonic() - start) * 1000
+        start = time.monotonic()
+        afeat, vfeat, words = await asyncio.gather(
+            session.read_span(AcousticFrames, t0, t1), session.read_span(FaceFrames, t0, t1),
+            session.read_span(AsrWords, t0, t1))
+        latency["read"] = (time.monotonic() - start) * 1000
+        audio = _frames(afeat, t0, t1, AcousticFrames)
+        visual = _frames(vfeat, t0, t1, FaceFrames)
+        window_words = [FeatureWord(w.word, w.start, w.end, w.confidence) for w in words_between(words, t0, t1)]
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        window = await loop.run_in_executor(self._prep_threads, self._align, window_words, audio, visual, t0, t1)
+        latency["align"] = (time.monotonic() - start) * 1000
+        return _Job(delivery, notice, window, received, latency)
+
+    def _align(self, words: list[FeatureWord], audio: Frames, visual: Frames, t0: float, t1: float) -> AlignedWindow:
+        return align_window(words, audio, visual, t0, t1, text_encoder=self._text_encoder)
+
+    async def _dead(self, delivery: Delivery, reason: str) -> None:
+        log.warning("dead letter %s: %s", delivery.id, reason)
+        self.metrics.dead_letters.inc()
+        await delivery.dead(reason)
+
+    # -- batching, the model, publishing ---------------------------------------------------------------
+    async def _batch_loop(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._ready.get()]
+            deadline = time.monotonic() + s.max_wait_ms / 1000
+            while len(batch) < s.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 and self._ready.empty():
+                    break
+                try:
+                    batch.append(self._ready.get_nowait() if remaining <= 0 else
+                                 await asyncio.wait_for(self._ready.get(), remaining))
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+            try:
+                await self._run_batch(batch, loop)
+            finally:
+                for _ in batch:
+                    self._ready.task_done()
+                    self._slots.release()
+
+    async def _run_batch(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
+        arrays = stack_windows([job.window for job in batch])
+        start = time.monotonic()
+        try:
+            predictions = await loop.run_in_executor(
+                self._model_thread, self.predictor.predict, arrays["text"], arrays["audio"], arrays["visual"])
+        except Exception as exc:  # noqa: BLE001 - leave the windows pending for a retry
+            log.error("model failed on a batch of %d windows (%s: %s)", len(batch), type(exc).__name__, exc)
+            self.metrics.failures.inc(len(batch))
+            for job in batch:
+                job.delivery.release()
+            return
+        model_ms = (time.monotonic() - start) * 1000
+        self.metrics.batch_size.observe(len(batch))
+        for job, prediction in zip(batch, predictions):
+            try:
+                await self._publish(job, prediction, model_ms)
+            except MessageError as exc:
+                await self._dead(job.delivery, f"estimate: {exc}")
+            except Exception as exc:  # noqa: BLE001
+                log.warning("publishing window %d of %s failed (%s: %s); it stays pending", job.notice.window,
+                            job.notice.session, type(exc).__name__, exc)
+                self.metrics.failures.inc()
+                job.delivery.release()
+
+    async def _publish(self, job: _Job, prediction: Any, model_ms: float) -> None:
+        notice, window = job.notice, job.window
+        trained = self.predictor.modalities
+        modalities = {
+            m: ModalityResult(present=bool(window.present[m]) and m in trained,
+                              homo=float(prediction.homo[m]), hetero=float(prediction.hetero[m]))
+            for m in ("text", "audio", "visual")
+        }
+        latency = dict(job.latency)
+        latency["model"] = model_ms
+        latency["notice_to_publish"] = (time.monotonic() - job.received) * 1000
+        latency["notice_sent_to_publish"] = max(0.0, (time.time() - notice.notice_time) * 1000)
+        words = tuple(Word(w.text, w.start, w.end, 1.0 if w.confidence is None else float(w.confidence))
+                      for w in window.words)
+        estimate = Estimate(
+            session=notice.session, window=notice.window, t_start=notice.t_start, t_end=notice.t_end,
+            sentiment=float(prediction.sentiment), label=sentiment_label(prediction.sentiment,
+                                                                          self.settings.neutral_band),
+            modalities=modalities, edges_homo=prediction.edges_homo, edges_hetero=prediction.edges_hetero,
+            words=words, latency_ms={k: round(v, 3) for k, v in latency.items()},
+            model=self.predictor.name, checkpoint=self.predictor.sha256[:16],
+        )
+        publication = await self.publisher.publish(estimate)
+        await job.delivery.ack()
+        if publication.published:
+            self.published += 1
+            self.metrics.windows.inc()
+            self.metrics.latency.observe(latency["notice_to_publish"] / 1000)
+        else:
+            self.duplicates += 1
+            self.metrics.duplicates.inc()
+
+
+def estimate_inputs(window: AlignedWindow) -> dict[str, np.ndarray]:
+    """The arrays of one aligned window as a batch of one (for tools and tests)."""
+    return stack_windows([window])

