@@ -85,6 +85,7 @@ class InferenceWorker:
         self._prep_threads = ThreadPoolExecutor(2, thread_name_prefix="dmd-align")
         self._ready: asyncio.Queue[_Job] = asyncio.Queue(maxsize=4 * s.max_batch)
         self._preparing: set[asyncio.Task] = set()
+        self._chains: dict[str, asyncio.Future] = {}  # session -> the last of its windows being prepared
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(4 * s.max_batch)  # notices being prepared or waiting for the model
         self.published = 0
@@ -125,14 +126,26 @@ class InferenceWorker:
                 continue
             deliveries = await self.consumer.read(count=min(free, self.settings.max_batch), block_ms=200)
             self.metrics.pending.set(len(self._preparing) + self._ready.qsize())
+            loop = asyncio.get_running_loop()
             for delivery in deliveries:
                 await self._slots.acquire()
-                task = asyncio.create_task(self._prepare(delivery, time.monotonic()))
+                # windows of one session reach the model in notice order: each waits for the one
+                # before it (if this worker has it) to be queued first
+                try:
+                    session = delivery.decode(WindowNotice).session
+                except MessageError:
+                    session = None
+                previous = self._chains.get(session) if session else None
+                mine = loop.create_future()
+                if session:
+                    self._chains[session] = mine
+                task = asyncio.create_task(self._prepare(delivery, time.monotonic(), previous, mine))
                 self._preparing.add(task)
                 task.add_done_callback(self._preparing.discard)
 
     # -- preparing a window ------------------------------------------------------------------------
-    async def _prepare(self, delivery: Delivery, received: float) -> None:
+    async def _prepare(self, delivery: Delivery, received: float, previous: asyncio.Future | None,
+                       mine: asyncio.Future) -> None:
         queued = False
         try:
             try:
@@ -141,6 +154,8 @@ class InferenceWorker:
                 await self._dead(delivery, f"window notice: {exc}")
                 return
             job = await self._read_window(delivery, notice, received)
+            if previous is not None:
+                await asyncio.shield(previous)
             if job is None:
                 return
             await self._ready.put(job)
@@ -153,6 +168,11 @@ class InferenceWorker:
             self.metrics.failures.inc()
             delivery.release()
         finally:
+            if not mine.done():
+                mine.set_result(None)
+            for session, future in list(self._chains.items()):
+                if future is mine:
+                    del self._chains[session]
             if not queued:
                 self._slots.release()
 
