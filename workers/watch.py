@@ -1,0 +1,173 @@
+"""`dmd watch`: the estimates of one or all sessions as they are published.
+
+A terminal view (one row per session: sentiment bar, smoothed value, label, which modalities are
+present, the latest words, latency), or with `--json` one JSON estimate per line on standard output,
+for piping. On start it shows the recent history from the sessions' estimates streams, so a view
+opened late is not empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import redis.asyncio as aioredis
+
+from stream.estimate import Estimate
+from stream.publish import watch_estimates
+from stream.session import Session
+
+BAR_WIDTH = 21
+
+
+def sentiment_bar(value: float, width: int = BAR_WIDTH) -> str:
+    """A text bar from -3 to 3 with a marker at `value`: `-----|--#---`."""
+    centre = width // 2
+    pos = round((max(-3.0, min(3.0, value)) + 3) / 6 * (width - 1))
+    cells = ["-"] * width
+    cells[centre] = "|"
+    cells[pos] = "#"
+    return "".join(cells)
+
+
+async def recent_history(redis: aioredis.Redis, session: str | None, count: int = 20) -> list[Estimate]:
+    """The last `count` estimates of a session, or of every session that has an estimates stream."""
+    if session is not None:
+        return await Session(redis, session).estimates(count)
+    found: list[Estimate] = []
+    async for key in redis.scan_iter(match="dmd:{*}:estimates", count=200):
+        name = key.decode() if isinstance(key, bytes) else key
+        sid = name[len("dmd:{"):-len("}:estimates")]
+        try:
+            found.extend(await Session(redis, sid).estimates(count))
+        except ValueError:
+            continue
+    return sorted(found, key=lambda e: (e.session, e.window))
+
+
+class TerminalView:
+    """A live table of sessions (rich when available, plain lines otherwise)."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.rows: dict[str, Estimate] = {}
+        self.count = 0
+        self._live: Any = None
+
+    def __enter__(self) -> TerminalView:
+        try:
+            from rich.console import Console
+            from rich.live import Live
+
+            if self.out.isatty():
+                self._live = Live(self._table(), console=Console(file=self.out), refresh_per_second=8)
+                self._live.__enter__()
+        except ImportError:
+            self._live = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def update(self, estimate: Estimate) -> None:
+        self.rows[estimate.session] = estimate
+        self.count += 1
+        if self._live is not None:
+            self._live.update(self._table())
+        else:
+            self.out.write(self.line(estimate) + "\n")
+            self.out.flush()
+
+    @staticmethod
+    def line(e: Estimate) -> str:
+        present = "".join(m[0].upper() if e.modalities[m].present else "." for m in ("text", "audio", "visual"))
+        words = " ".join(w.word for w in e.words)[-40:]
+        total = e.latency_ms.get("notice_to_publish")
+        latency = f"{total:5.0f} ms" if total is not None else ""
+        return (f"{e.session:<12} {e.t_end:7.1f}s {sentiment_bar(e.sentiment)} {e.sentiment:+.2f} "
+                f"ema {e.smoothed:+.2f} {e.label:<8} [{present}] {latency}  {words}")
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"Live DMD: {len(self.rows)} session(s), {self.count} estimates",
+                      caption="sentiment -3 (negative) .. +3 (positive); present: T text, A audio, V visual")
+        for name in ("session", "time", "sentiment", "value", "smoothed", "label", "present", "latency", "words"):
+            table.add_column(name, no_wrap=name != "words")
+        for e in self.rows.values():
+            colour = {"negative": "red", "neutral": "white", "positive": "green"}[e.label]
+            present = "".join(m[0].upper() if e.modalities[m].present else "." for m in ("text", "audio", "visual"))
+            total = e.latency_ms.get("notice_to_publish")
+            table.add_row(e.session, f"{e.t_end:.1f}s", sentiment_bar(e.sentiment), f"{e.sentiment:+.2f}",
+                          f"{e.smoothed:+.2f}", f"[{colour}]{e.label}[/{colour}]", present,
+                          f"{total:.0f} ms" if total is not None else "-",
+                          " ".join(w.word for w in e.words)[-48:])
+        return table
+
+
+async def watch(redis: aioredis.Redis, session: str | None = None, *, as_json: bool = False,
+                history: int = 10, out: TextIO | None = None, until: Callable[[Estimate], bool] | None = None,
+                ready: asyncio.Event | None = None, timeout: float | None = None) -> int:
+    """Show estimates until cancelled, `until(estimate)` is true, or `timeout` seconds pass.
+    Returns the number of estimates shown (history included)."""
+    out = out or sys.stdout
+    shown = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def emit(view: TerminalView | None, e: Estimate) -> None:
+        nonlocal shown
+        shown += 1
+        if as_json:
+            out.write(json.dumps(e.to_dict(), separators=(",", ":")) + "\n")
+            out.flush()
+        elif view is not None:
+            view.update(e)
+
+    subscribed = asyncio.Event()
+    stream = watch_estimates(redis, session, ready=subscribed)
+    first = asyncio.ensure_future(stream.__anext__())
+    await subscribed.wait()  # subscribe first, then read the history: nothing falls in between
+    if ready is not None:
+        ready.set()
+    seen: set[tuple[str, int]] = set()
+    view = None if as_json else TerminalView(out)
+    with view if view is not None else _Nothing():
+        for e in await recent_history(redis, session, history) if history else []:
+            seen.add((e.session, e.window))
+            emit(view, e)
+            if until is not None and until(e):
+                first.cancel()
+                return shown
+        pending = first
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                pending.cancel()
+                return shown
+            try:
+                e = await asyncio.wait_for(asyncio.shield(pending), remaining)
+            except asyncio.TimeoutError:
+                pending.cancel()
+                return shown
+            except StopAsyncIteration:
+                return shown
+            pending = asyncio.ensure_future(stream.__anext__())
+            if (e.session, e.window) in seen:
+                continue
+            emit(view, e)
+            if until is not None and until(e):
+                pending.cancel()
+                return shown
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
