@@ -11,6 +11,7 @@ them works on one embedded server and on a cluster alike. The shared keys (`dmd:
 | `dmd:{sid}:afeat` | stream | capture | acoustic feature frames (n, 25) |
 | `dmd:{sid}:vfeat` | stream | capture | face feature frames (n, 55) |
 | `dmd:{sid}:words` | stream | ASR | recognised words and the ASR watermark |
+| `dmd:{sid}:events` | stream | capture | the session's lifecycle: its `start` and `end` events |
 | `dmd:{sid}:estimates` | stream | inference | published estimates (history) |
 | `dmd:{sid}:state` | hash | inference | the EMA: last window folded in and its value |
 | `dmd:{sid}:published:{k}` | string | inference | marker: window k was published (expires) |
@@ -18,6 +19,14 @@ them works on one embedded server and on a cluster alike. The shared keys (`dmd:
 | `dmd:dead` | stream | any consumer | entries given up on, with their reason |
 | `dmd:dead:count` | integer | any consumer | how many entries went to `dmd:dead` |
 | `dmd:est:{sid}` | pub/sub channel | inference | each estimate as JSON, as it is published |
+| `dmd:sessions` | stream, group "asr" | capture | every session's start and end events (ASR workers find sessions) |
+
+Session lifecycle. A capture worker announces a session with a `SessionEvent` "start" and closes it
+with an "end", each written to `dmd:sessions` (all sessions, for a fleet of ASR workers in the group
+"asr" and for dashboards) and to the session's own `dmd:{sid}:events`. The end event is written only
+after the last audio chunk has been added, so a reader that sees it has all the audio. An ASR worker
+that takes a "start" from the group runs that session and watches `dmd:{sid}:events` (and the audio)
+with one blocking read; the "end" entry in `dmd:sessions` may go to any worker, which just acks it.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ WINDOWS = "dmd:windows"  # window notices, read by the inference workers' consum
 INFER_GROUP = "infer"
 DEAD = "dmd:dead"  # dead letters: entries that failed too often or could not be decoded
 DEAD_COUNT = "dmd:dead:count"
+SESSIONS = "dmd:sessions"  # session start and end events, read by the ASR workers' consumer group
+ASR_GROUP = "asr"
 
 # The streams that carry a session's data, by the name the messages use for them.
 SESSION_STREAMS: tuple[str, ...] = ("audio", "afeat", "vfeat", "words")
@@ -92,6 +103,11 @@ class SessionKeys:
         return self._key("words")
 
     @property
+    def events(self) -> str:
+        """The session's lifecycle events (`SessionEvent`: start, end), oldest first."""
+        return self._key("events")
+
+    @property
     def estimates(self) -> str:
         return self._key("estimates")
 
@@ -110,7 +126,7 @@ class SessionKeys:
 
     def all_keys(self) -> list[str]:
         """The session's long-lived keys (streams and state; publish markers expire by themselves)."""
-        return [*(self._key(name) for name in SESSION_STREAMS), self.estimates, self.state]
+        return [*(self._key(name) for name in SESSION_STREAMS), self.estimates, self.state, self.events]
 
 
 def estimate_channel(session: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -365,6 +365,74 @@ class WindowNotice(Message):
                    notice_time=body["notice_time"])
 
 
+SESSION_EVENTS = ("start", "end")
+_INFO_SCALARS = (str, int, float, bool, type(None))
+
+
+def _info(value: Any, name: str, depth: int = 0) -> Any:
+    """A JSON-like value (str, int, float, bool, None, lists and string-keyed maps of them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MessageError(f"{value} is not finite", name)
+    if isinstance(value, _INFO_SCALARS):
+        return value
+    if depth >= 4:
+        raise MessageError("is nested too deep (at most 4 levels)", name)
+    if isinstance(value, (list, tuple)):
+        return [_info(v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MessageError(f"has key {k!r}, expected strings", name)
+            out[k] = _info(v, f"{name}.{k}", depth + 1)
+        return out
+    raise MessageError(f"holds a {type(value).__name__} ({value!r}): use str, int, float, bool, None, lists and maps",
+                       name)
+
+
+@dataclass(frozen=True)
+class SessionEvent(Message):
+    """A session starts or ends: the entries of `dmd:sessions` and `dmd:{sid}:events` (see
+    `stream.keys`). `t_wall` is the wall-clock time (Unix seconds) of the event, `source` what
+    produced the session ("file", "webcam", "mic", "webrtc", ...), `info` anything else a reader may
+    want (JSON-like values). `t_end`, for an end event, is the session time up to which audio was
+    sent, when the sender knows it."""
+
+    type: ClassVar[str] = "session"
+    session: str
+    event: str
+    t_wall: float
+    source: str = ""
+    info: Mapping[str, Any] = field(default_factory=dict)
+    t_end: float | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            validate_session_id(self.session)
+        except ValueError as exc:
+            raise MessageError(str(exc), "session.session") from None
+        if self.event not in SESSION_EVENTS:
+            raise MessageError(f"{self.event!r} is not a session event: use one of {', '.join(SESSION_EVENTS)}",
+                               "session.event")
+        object.__setattr__(self, "t_wall", _number(self.t_wall, "session.t_wall", low=0.0))
+        if not isinstance(self.source, str):
+            raise MessageError(f"{self.source!r} is not a string", "session.source")
+        if not isinstance(self.info, Mapping):
+            raise MessageError(f"is a {type(self.info).__name__}, expected a map", "session.info")
+        object.__setattr__(self, "info", _info(self.info, "session.info"))
+        if self.t_end is not None:
+            object.__setattr__(self, "t_end", _number(self.t_end, "session.t_end", low=0.0))
+
+    def body(self) -> dict[str, Any]:
+        return {"session": self.session, "event": self.event, "t_wall": self.t_wall, "source": self.source,
+                "info": dict(self.info), "t_end": self.t_end}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> SessionEvent:
+        return cls(session=body["session"], event=body["event"], t_wall=body["t_wall"],
+                   source=body.get("source", ""), info=body.get("info") or {}, t_end=body.get("t_end"))
+
+
 SESSION_MESSAGES: dict[str, type[Message]] = {
     m.type: m for m in (AudioChunk, AcousticFrames, FaceFrames, AsrWords)
 }
@@ -376,7 +444,7 @@ def decode(fields: Mapping[Any, Any], expected: type[Message] | None = None) -> 
         return expected.from_fields(fields)
     body = _entry_body(fields)
     kind = body.get("type")
-    cls = {**SESSION_MESSAGES, WindowNotice.type: WindowNotice}.get(kind)  # type: ignore[arg-type]
+    cls = {**SESSION_MESSAGES, WindowNotice.type: WindowNotice, SessionEvent.type: SessionEvent}.get(kind)  # type: ignore[arg-type]
     if cls is None:
         raise MessageError(f"unknown message type {kind!r}", "type")
     return cls.from_fields(fields)
