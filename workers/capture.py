@@ -35,6 +35,7 @@ from stream.messages import AcousticFrames, AudioChunk, FaceFrames
 from stream.session import Session
 from stream.window import WindowPlanner, WindowSpec
 
+from .asr_sessions import end_session, start_session
 from .metrics import Metrics
 from .settings import PipelineSettings
 
@@ -329,10 +330,19 @@ class Capture:
         self._video_done = False
         self._notice_lock = asyncio.Lock()
 
-    async def run(self) -> CaptureStats:
+    async def run(self, asr: str = "") -> CaptureStats:
         """Capture until the source ends (a file) or `stop()` (a live source); then flush the
-        features and send the last window notices."""
+        features and send the last window notices. The session is announced on `dmd:sessions` at
+        the start (ASR workers pick it up; `asr` names the engine expected, "none" for no text) and
+        ended after its last audio."""
         loop = asyncio.get_running_loop()
+        self.origin_wall = time.time()  # wall-clock time of session time 0 (for latency reports)
+        await start_session(self.redis, self.id, source=self.source.description,
+                            info={"asr": asr, "has_audio": self.source.has_audio, "has_video": self.source.has_video,
+                                  "origin_wall": self.origin_wall,
+                                  "real_time": self.source.live and getattr(self.source, "speed", 1.0) == 1.0,
+                                  "window_length": self.settings.windows.length,
+                                  "window_hop": self.settings.windows.hop})
         if self.source.has_video and self._tracker is None:
             self._tracker = await loop.run_in_executor(self._threads, FaceTracker)
         workers = []
@@ -351,6 +361,8 @@ class Capture:
             for r in results:
                 if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                     raise r
+        await end_session(self.redis, self.id, t_end=self.stats.end_time, source=self.source.description,
+                          info={"windows": self.stats.windows})
         async with self._notice_lock:
             for window in self.planner.finish():
                 await self.session.notify_window(window)

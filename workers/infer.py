@@ -42,6 +42,7 @@ from stream.messages import AcousticFrames, AsrWords, FaceFrames, WindowNotice, 
 from stream.publish import EstimatePublisher
 from stream.session import Session, words_between
 
+from .asr_sessions import session_events
 from .metrics import Metrics
 from .settings import InferenceSettings
 
@@ -85,7 +86,8 @@ class InferenceWorker:
         self._prep_threads = ThreadPoolExecutor(2, thread_name_prefix="dmd-align")
         self._ready: asyncio.Queue[_Job] = asyncio.Queue(maxsize=4 * s.max_batch)
         self._preparing: set[asyncio.Task] = set()
-        self._chains: dict[str, asyncio.Future] = {}  # session -> the last of its windows being prepared
+        self._chains: dict[str, asyncio.Future] = {}
+        self._info: dict[str, tuple[float, dict[str, Any]]] = {}  # session -> the last of its windows being prepared
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(4 * s.max_batch)  # notices being prepared or waiting for the model
         self.published = 0
@@ -181,7 +183,8 @@ class InferenceWorker:
         t0, t1 = notice.t_start, notice.t_end
         latency: dict[str, float] = {}
         start = time.monotonic()
-        if self.asr_grace_s > 0:
+        info = await self._session_info(notice.session)
+        if self.asr_grace_s > 0 and info.get("asr", "") != "none" and info.get("has_audio", True):
             await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s)
         latency["asr_wait"] = (time.monotonic() - start) * 1000
         start = time.monotonic()
@@ -197,6 +200,23 @@ class InferenceWorker:
         window = await loop.run_in_executor(self._prep_threads, self._align, window_words, audio, visual, t0, t1)
         latency["align"] = (time.monotonic() - start) * 1000
         return _Job(delivery, notice, window, received, latency)
+
+    async def _session_info(self, session: str) -> dict[str, Any]:
+        """The session's start announcement (`info`: asr engine, media, clock origin), cached."""
+        cached = self._info.get(session)
+        if cached is not None and time.monotonic() - cached[0] < 30:
+            return cached[1]
+        info: dict[str, Any] = {}
+        try:
+            for event in await session_events(self.redis, session):
+                if event.event == "start":
+                    info = dict(event.info)
+        except MessageError as exc:
+            log.warning("session %s has an unreadable lifecycle event: %s", session, exc)
+        if len(self._info) > 10_000:
+            self._info.clear()
+        self._info[session] = (time.monotonic(), info)
+        return info
 
     def _align(self, words: list[FeatureWord], audio: Frames, visual: Frames, t0: float, t1: float) -> AlignedWindow:
         return align_window(words, audio, visual, t0, t1, text_encoder=self._text_encoder)
@@ -266,6 +286,10 @@ class InferenceWorker:
         latency["model"] = model_ms
         latency["notice_to_publish"] = (time.monotonic() - job.received) * 1000
         latency["notice_sent_to_publish"] = max(0.0, (time.time() - notice.notice_time) * 1000)
+        info = self._info.get(notice.session, (0, {}))[1]
+        origin = info.get("origin_wall")
+        if info.get("real_time") and isinstance(origin, (int, float)) and origin > 0:
+            latency["window_end_to_publish"] = max(0.0, (time.time() - (origin + notice.t_end)) * 1000)
         words = tuple(Word(w.text, w.start, w.end, 1.0 if w.confidence is None else float(w.confidence))
                       for w in window.words)
         estimate = Estimate(
