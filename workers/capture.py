@@ -336,13 +336,8 @@ class Capture:
         the start (ASR workers pick it up; `asr` names the engine expected, "none" for no text) and
         ended after its last audio."""
         loop = asyncio.get_running_loop()
-        self.origin_wall = time.time()  # wall-clock time of session time 0 (for latency reports)
-        await start_session(self.redis, self.id, source=self.source.description,
-                            info={"asr": asr, "has_audio": self.source.has_audio, "has_video": self.source.has_video,
-                                  "origin_wall": self.origin_wall,
-                                  "real_time": self.source.live and getattr(self.source, "speed", 1.0) == 1.0,
-                                  "window_length": self.settings.windows.length,
-                                  "window_hop": self.settings.windows.hop})
+        self._asr = asr
+        self.origin_wall: float | None = None
         if self.source.has_video and self._tracker is None:
             self._tracker = await loop.run_in_executor(self._threads, FaceTracker)
         workers = []
@@ -361,6 +356,8 @@ class Capture:
             for r in results:
                 if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                     raise r
+        if self.origin_wall is None:  # a source that gave nothing: still announce, then end
+            await self._announce(0.0)
         await end_session(self.redis, self.id, t_end=self.stats.end_time, source=self.source.description,
                           info={"windows": self.stats.windows})
         async with self._notice_lock:
@@ -381,6 +378,8 @@ class Capture:
         next_video = float("-inf")
         max_video = self.settings.capture.video_queue
         async for item in self.source.media():
+            if self.origin_wall is None:
+                await self._announce(item.t)
             if isinstance(item, Sound):
                 if self.source.live:
                     try:
@@ -408,6 +407,17 @@ class Capture:
                             await asyncio.sleep(0.002)
                 self._video.append(item)
                 self._video_ready.set()
+
+    async def _announce(self, t: float) -> None:
+        """Announce the session with its first media: `origin_wall` is the wall-clock time of
+        session time 0, for latency reports."""
+        self.origin_wall = time.time() - t
+        await start_session(self.redis, self.id, source=self.source.description,
+                            info={"asr": self._asr, "has_audio": self.source.has_audio,
+                                  "has_video": self.source.has_video, "origin_wall": self.origin_wall,
+                                  "real_time": self.source.live and getattr(self.source, "speed", 1.0) == 1.0,
+                                  "window_length": self.settings.windows.length,
+                                  "window_hop": self.settings.windows.hop})
 
     async def _audio_worker(self) -> None:
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@
     dmd eval    runs/mosi/seed_1111/best.pt --data aligned_50.pkl [--split test]
     dmd info    runs/mosi/seed_1111/best.pt [--json]
     dmd import-official mosi-aligned.pth --config mosi_aligned --out mosi-aligned.dmd.pt
+    dmd demo | run | capture | asr | infer | watch | models     (the live pipeline: workers/live_cli.py)
 
 Every long job shows progress on standard error; results go to standard output.
 """
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output checkpoint (default: next to the input, .dmd.pt)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a configuration value")
     p.set_defaults(func=cmd_import_official)
+
+    from . import live_cli
+
+    live_cli.register(sub)
     return parser
 
 
@@ -203,11 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     from dmd_model.checkpoint import CheckpointError
     from dmd_model.config import ConfigError
     from dmd_model.data import DataError
+    from dmd_model.features import FeatureError
     from dmd_model.official import OfficialCheckpointError
+
+    from .settings import SettingsError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, CheckpointError, OfficialCheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, OfficialCheckpointError, FileNotFoundError, FeatureError,
+            SettingsError) as exc:
         print(f"dmd {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
