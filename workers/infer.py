@@ -32,7 +32,8 @@ import redis.asyncio as aioredis
 
 from dmd_model.features import Frames, align_window, voiced_mask
 from dmd_model.features import Word as FeatureWord
-from dmd_model.features.alignment import AlignedWindow, stack_windows
+from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
+from dmd_model.features.text import PrecomputedTokens
 from dmd_model.predict import Predictor, sentiment_label
 from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer
@@ -52,9 +53,12 @@ log = logging.getLogger("dmd.infer")
 class _Job:
     delivery: Delivery
     notice: WindowNotice
-    window: AlignedWindow
+    words: list[FeatureWord]
+    audio: Frames
+    visual: Frames
     received: float  # monotonic, when the notice was read
     latency: dict[str, float] = field(default_factory=dict)
+    window: AlignedWindow | None = None
 
 
 def _frames(messages: list[Any], t_start: float, t_end: float, kind: type) -> Frames:
@@ -195,11 +199,7 @@ class InferenceWorker:
         audio = _frames(afeat, t0, t1, AcousticFrames)
         visual = _frames(vfeat, t0, t1, FaceFrames)
         window_words = [FeatureWord(w.word, w.start, w.end, w.confidence) for w in words_between(words, t0, t1)]
-        start = time.monotonic()
-        loop = asyncio.get_running_loop()
-        window = await loop.run_in_executor(self._prep_threads, self._align, window_words, audio, visual, t0, t1)
-        latency["align"] = (time.monotonic() - start) * 1000
-        return _Job(delivery, notice, window, received, latency)
+        return _Job(delivery, notice, window_words, audio, visual, received, latency)
 
     async def _session_info(self, session: str) -> dict[str, Any]:
         """The session's start announcement (`info`: asr engine, media, clock origin), cached."""
@@ -218,8 +218,19 @@ class InferenceWorker:
         self._info[session] = (time.monotonic(), info)
         return info
 
-    def _align(self, words: list[FeatureWord], audio: Frames, visual: Frames, t0: float, t1: float) -> AlignedWindow:
-        return align_window(words, audio, visual, t0, t1, text_encoder=self._text_encoder)
+    def _align_batch(self, jobs: list[_Job]) -> None:
+        """Align a micro-batch of windows: their words go through the text encoder in one pass
+        (`encode_batch`), then each window through the same `align_window` as dataset extraction."""
+        encoder = self._text_encoder
+        chosen = [[w.text for w in select_words(job.words, job.notice.t_start, job.notice.t_end)] for job in jobs]
+        if hasattr(encoder, "encode_batch") and len(jobs) > 1:
+            tokens = encoder.encode_batch(chosen)
+            encoders = [PrecomputedTokens(encoder.dim, words, t) for words, t in zip(chosen, tokens)]
+        else:
+            encoders = [encoder] * len(jobs)
+        for job, enc in zip(jobs, encoders):
+            job.window = align_window(job.words, job.audio, job.visual, job.notice.t_start, job.notice.t_end,
+                                      text_encoder=enc)
 
     async def _dead(self, delivery: Delivery, reason: str) -> None:
         log.warning("dead letter %s: %s", delivery.id, reason)
@@ -250,6 +261,20 @@ class InferenceWorker:
                     self._slots.release()
 
     async def _run_batch(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
+        start = time.monotonic()
+        try:
+            await loop.run_in_executor(self._prep_threads, self._align_batch, batch)
+        except MessageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - leave the windows pending for a retry
+            log.error("aligning a batch of %d windows failed (%s: %s)", len(batch), type(exc).__name__, exc)
+            self.metrics.failures.inc(len(batch))
+            for job in batch:
+                job.delivery.release()
+            return
+        align_ms = (time.monotonic() - start) * 1000
+        for job in batch:
+            job.latency["align"] = align_ms
         arrays = stack_windows([job.window for job in batch])
         start = time.monotonic()
         try:
@@ -276,6 +301,7 @@ class InferenceWorker:
 
     async def _publish(self, job: _Job, prediction: Any, model_ms: float) -> None:
         notice, window = job.notice, job.window
+        assert window is not None
         trained = self.predictor.modalities
         modalities = {
             m: ModalityResult(present=bool(window.present[m]) and m in trained,

@@ -109,8 +109,46 @@ class TextEncoder:
             tuple(tokens[i] for i in keep),
         )
 
+    def encode_batch(self, batch: Sequence[Sequence[str]]) -> list[TokenEmbeddings]:
+        """`encode` for many word lists in one forward pass (padded, with the attention mask, so each
+        result equals `encode` of its list up to float rounding): the inference worker encodes a
+        micro-batch of windows at once."""
+        results: list[TokenEmbeddings | None] = [None] * len(batch)
+        todo = [i for i, words in enumerate(batch) if words]
+        for i in range(len(batch)):
+            if i not in todo:
+                results[i] = self.encode(())
+        if todo:
+            enc = self.tokenizer([list(batch[i]) for i in todo], is_split_into_words=True, truncation=True,
+                                 max_length=MAX_TOKENS, padding=True, return_tensors="pt")
+            with self._torch.inference_mode():
+                hidden = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state
+            hidden = hidden.float().cpu().numpy()
+            for row, i in enumerate(todo):
+                word_ids = enc.word_ids(row)
+                keep = [j for j, w in enumerate(word_ids) if w is not None]
+                tokens = self.tokenizer.convert_ids_to_tokens(enc["input_ids"][row].tolist())
+                results[i] = TokenEmbeddings(hidden[row, keep], np.asarray([word_ids[j] for j in keep], np.int64),
+                                             tuple(tokens[j] for j in keep))
+        return results  # type: ignore[return-value]
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "dim": self.dim}
+
+
+class PrecomputedTokens:
+    """A text encoder that answers from token embeddings computed beforehand (by `encode_batch`), so
+    that `align_window` can run unchanged on a window whose text was encoded in a batch."""
+
+    def __init__(self, dim: int, words: Sequence[str], tokens: TokenEmbeddings) -> None:
+        self.dim = dim
+        self._words = tuple(words)
+        self._tokens = tokens
+
+    def encode(self, words: Sequence[str]) -> TokenEmbeddings:
+        if tuple(words) != self._words:
+            raise FeatureError(f"precomputed tokens are for {list(self._words)[:6]}..., asked for {list(words)[:6]}...")
+        return self._tokens
 
 
 def load_text_encoder(model: str | Path = MINILM) -> TextEncoder:

@@ -1,0 +1,211 @@
+"""Benchmarks of the live pipeline. Prints JSON; never asserts a time.
+
+sessions: N sessions replayed at real time through capture -> Redis -> ASR -> inference ->
+subscriber, all in one process (as `dmd run` does for one): latency from a window's end to the
+subscriber (p50, p95), the inference stage alone (notice read to publish), windows per second, CPU
+per session.
+
+    python bench/pipeline.py sessions --sessions 4 [--asr whisper|none] [--checkpoint PATH]
+
+batching: the inference worker alone on synthetic windows of 32 sessions (features and words
+already in Redis), micro-batched (max_batch 32) against batch 1: windows per second.
+
+    python bench/pipeline.py batching --sessions 32 --windows 20
+
+Both use an embedded Redis unless --redis URL is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stream.connection import connect
+from workers.embedded import EmbeddedRedis
+from workers.settings import load_settings
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": str(torch.__version__),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+def checkpoint_path(arg: str | None) -> Path:
+    from workers.pipeline import default_checkpoint
+
+    path = Path(arg) if arg else default_checkpoint()
+    if not path.is_file():
+        raise SystemExit(f"checkpoint {path} not found: pass --checkpoint")
+    return path
+
+
+async def bench_sessions(args: argparse.Namespace) -> dict:
+    from dmd_model.predict import Predictor
+    from stream.publish import watch_estimates
+    from workers.asr import AsrSession, make_engine_factory
+    from workers.capture import Capture, FileSource
+    from workers.infer import InferenceWorker
+    from workers.pipeline import DEMO_CLIP
+
+    settings = load_settings(overrides={"capture": {"speed": 1.0}})
+    embedded = None if args.redis else EmbeddedRedis()
+    redis = connect(args.redis or embedded.url)
+    predictor = Predictor(checkpoint_path(args.checkpoint), device=args.device)
+    worker = InferenceWorker(redis, predictor, settings.inference,
+                             asr_grace_s=settings.asr.grace_s if args.asr != "none" else 0.0)
+    factory = None
+    if args.asr != "none":
+        _, factory = make_engine_factory(args.asr, None, None, 0.5, args.sessions)
+    received: list[tuple[float, object]] = []
+    ready = asyncio.Event()
+
+    async def subscriber() -> None:
+        async for est in watch_estimates(redis, None, ready=ready):
+            received.append((time.time(), est))
+
+    sub = asyncio.create_task(subscriber())
+    await ready.wait()
+    infer = asyncio.create_task(worker.run())
+    await asyncio.sleep(3)  # text encoder loaded before the clocks start
+    clip = Path(args.clip or DEMO_CLIP)
+    captures = [Capture(redis, f"bench-{i}", FileSource(clip, speed=1.0), settings) for i in range(args.sessions)]
+    asr_tasks = [asyncio.create_task(AsrSession(redis, c.id, factory()).run()) for c in captures] if factory else []
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    stats = await asyncio.gather(*(c.run(asr=args.asr) for c in captures))
+    expected = sum(s.windows for s in stats)
+    deadline = time.monotonic() + 30
+    while len(received) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    origin = {c.id: c.origin_wall for c in captures}
+    end_to_sub = [(t - (origin[e.session] + e.t_end)) * 1000 for t, e in received]
+    stage = [e.latency_ms["notice_to_publish"] for _, e in received]
+    asr_wait = [e.latency_ms["asr_wait"] for _, e in received]
+    worker.stop()
+    for task in (*asr_tasks, sub):
+        task.cancel()
+    await asyncio.gather(infer, *asr_tasks, sub, return_exceptions=True)
+    await redis.aclose()
+    if embedded:
+        embedded.close()
+    duration = max(s.end_time for s in stats)
+    return {
+        "bench": "sessions", "sessions": args.sessions, "asr": args.asr, "clip": clip.name,
+        "clip_seconds": round(duration, 2), "windows": expected, "estimates": len(received),
+        "window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
+        "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
+        "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
+        "windows_per_second": round(len(received) / wall, 2),
+        "cpu_per_session": round(cpu / wall / args.sessions, 3),
+        "dropped_video_frames": sum(s.video_dropped for s in stats),
+        "machine": machine(),
+    }
+
+
+async def bench_batching(args: argparse.Namespace) -> dict:
+    from dmd_model.predict import Predictor
+    from stream.keys import INFER_GROUP, WINDOWS
+    from stream.messages import AcousticFrames, AsrWords, FaceFrames, Word
+    from stream.session import Session
+    from stream.window import WindowSpec
+    from workers.asr_sessions import start_session
+    from workers.infer import InferenceWorker
+
+    rng = np.random.default_rng(0)
+    embedded = None if args.redis else EmbeddedRedis()
+    redis = connect(args.redis or embedded.url)
+    predictor = Predictor(checkpoint_path(args.checkpoint), device=args.device)
+    spec = WindowSpec()
+    seconds = spec.window(spec.first + args.windows - 1).t_end
+    vocab = ["i", "really", "like", "this", "movie", "it", "was", "not", "good", "at", "all", "but", "the", "actors", "were", "great"]
+    results = {}
+    for max_batch in (1, 32):
+        await redis.flushall()
+        for i in range(args.sessions):
+            sid = f"batch-{i}"
+            session = Session(redis, sid)
+            await start_session(redis, sid, "synthetic", {"asr": "none", "has_audio": True, "has_video": True})
+            t = np.arange(0.01, seconds, 0.01)
+            await session.add(AcousticFrames(t, rng.normal(size=(len(t), 25)).astype(np.float32)))
+            tv = np.arange(0.0, seconds, 1 / 15)
+            await session.add(FaceFrames(tv, rng.random((len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)))
+            words = [Word(vocab[(i + k) % len(vocab)], k * 0.4, k * 0.4 + 0.3) for k in range(int(seconds / 0.4))]
+            await session.add(AsrWords(words, seconds))
+        settings = load_settings(overrides={"inference": {"max_batch": max_batch, "max_wait_ms": 5}}).inference
+        worker = InferenceWorker(redis, predictor, settings, asr_grace_s=0.0)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(3)  # text encoder loaded
+        total = args.sessions * args.windows
+        start = time.monotonic()
+        for k in range(spec.first, spec.first + args.windows):
+            for i in range(args.sessions):
+                await Session(redis, f"batch-{i}").notify_window(spec.window(k))
+        while worker.published < total and time.monotonic() - start < 600:
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - start
+        worker.stop()
+        await task
+        pending = (await redis.xpending(WINDOWS, INFER_GROUP))["pending"]
+        results[f"max_batch_{max_batch}"] = {"windows": worker.published, "seconds": round(elapsed, 2),
+                                             "windows_per_second": round(worker.published / elapsed, 1),
+                                             "pending_after": pending}
+    await redis.aclose()
+    if embedded:
+        embedded.close()
+    speedup = results["max_batch_32"]["windows_per_second"] / results["max_batch_1"]["windows_per_second"]
+    return {"bench": "batching", "sessions": args.sessions, "windows_per_session": args.windows, **results,
+            "speedup": round(speedup, 2), "machine": machine()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="bench", required=True)
+    for name in ("sessions", "batching"):
+        p = sub.add_parser(name)
+        p.add_argument("--sessions", type=int, default=4 if name == "sessions" else 32)
+        p.add_argument("--checkpoint")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--redis")
+        if name == "sessions":
+            p.add_argument("--asr", default="whisper", choices=["whisper", "vosk", "none"])
+            p.add_argument("--clip", help="media file (default: the bundled demo clip)")
+        else:
+            p.add_argument("--windows", type=int, default=20, help="windows per session")
+    args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    result = asyncio.run(bench_sessions(args) if args.bench == "sessions" else bench_batching(args))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
