@@ -18,7 +18,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_TORCH)
-	$(BIN)/pip install -e .
+	$(BIN)/pip install -e ".[live]"
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -29,9 +29,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# The main job. Until the live pipeline lands, it trains DMD on a generated MMSA-format sample.
+# The main job: the live pipeline on the bundled clip (embedded Redis, default checkpoint).
 demo: $(VENV)/.installed
-	$(BIN)/dmd train --synthetic --out runs/demo
+	$(BIN)/dmd demo
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
