@@ -1,0 +1,123 @@
+// Shared by the session page and the dashboard: the token, API calls, drawing.
+"use strict";
+
+const DMD = (() => {
+  const params = new URLSearchParams(window.location.search);
+  const token = params.get("token") || "";
+  const MODALITIES = ["text", "audio", "visual"];
+  const SHORT = { text: "T", audio: "A", visual: "V" };
+  const COLOURS = { negative: "#d64545", neutral: "#8a8f98", positive: "#2f9e5b" };
+
+  class ApiError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  async function api(path, options = {}) {
+    const headers = Object.assign({ "Content-Type": "application/json" }, options.headers || {});
+    if (token) headers["Authorization"] = "Bearer " + token;
+    const response = await fetch(path, Object.assign({}, options, { headers }));
+    let body = null;
+    try { body = await response.json(); } catch (e) { body = null; }
+    if (!response.ok) {
+      throw new ApiError(response.status, (body && body.error) || `${path}: HTTP ${response.status}`);
+    }
+    return body;
+  }
+
+  function withToken(path) {
+    return token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
+  }
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  // position of a sentiment in [-3, 3] as a fraction of a bar
+  function fraction(value) { return (Math.max(-3, Math.min(3, value)) + 3) / 6; }
+
+  function fmt(value, digits = 2) {
+    if (value === null || value === undefined || Number.isNaN(value)) return "-";
+    return (value >= 0 ? "+" : "") + value.toFixed(digits);
+  }
+
+  // The sentiment (dots) and its EMA (line) of a list of estimates against their window ends.
+  function drawTimeline(canvas, estimates, spanSeconds = 60) {
+    const ratio = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth || canvas.width, h = canvas.clientHeight || canvas.height;
+    if (canvas.width !== Math.round(w * ratio)) { canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio); }
+    const g = canvas.getContext("2d");
+    g.setTransform(ratio, 0, 0, ratio, 0, 0);
+    g.clearRect(0, 0, w, h);
+    const pad = { l: 28, r: 6, t: 6, b: 16 };
+    const plotW = w - pad.l - pad.r, plotH = h - pad.t - pad.b;
+    // the last `spanSeconds` at most; a young session fills the width from its first estimate
+    const tFirst = estimates.length ? estimates[0].t_end : 0;
+    const tEnd = estimates.length ? estimates[estimates.length - 1].t_end : 0;
+    const span = Math.min(spanSeconds, Math.max(10, tEnd - tFirst + 2));
+    const t0 = Math.max(0, Math.min(tFirst - 1, tEnd - span)), t1 = t0 + Math.max(span, tEnd - t0 + 1);
+    const x = (t) => pad.l + ((t - t0) / (t1 - t0)) * plotW;
+    const y = (v) => pad.t + (1 - fraction(v)) * plotH;
+    g.font = "10px system-ui, sans-serif";
+    g.fillStyle = "#6b7280";
+    g.strokeStyle = "#e5e7eb";
+    g.lineWidth = 1;
+    for (const v of [-3, -1.5, 0, 1.5, 3]) {
+      g.beginPath(); g.moveTo(pad.l, y(v)); g.lineTo(w - pad.r, y(v)); g.stroke();
+      g.fillText((v > 0 ? "+" : "") + v, 2, y(v) + 3);
+    }
+    g.fillText(`${t0.toFixed(0)} s`, pad.l, h - 3);
+    g.fillText(`${t1.toFixed(0)} s`, w - pad.r - 30, h - 3);
+    const shown = estimates.filter((e) => e.t_end >= t0);
+    g.strokeStyle = "#1f2937"; g.lineWidth = 2;
+    g.beginPath();
+    shown.forEach((e, i) => (i ? g.lineTo(x(e.t_end), y(e.smoothed)) : g.moveTo(x(e.t_end), y(e.smoothed))));
+    g.stroke();
+    for (const e of shown) {
+      g.fillStyle = COLOURS[e.label] || "#000";
+      g.beginPath(); g.arc(x(e.t_end), y(e.sentiment), 2.5, 0, 2 * Math.PI); g.fill();
+    }
+  }
+
+  // A 3x3 edge matrix as a heat map: rows distil from, columns distil into.
+  function heatmap(title, matrix) {
+    const box = el("div", { class: "heatmap" }, el("div", { class: "heatmap-title", text: title }));
+    const grid = el("div", { class: "heatmap-grid" });
+    let max = 0;
+    for (const row of matrix) for (const v of row) max = Math.max(max, Math.abs(v));
+    grid.append(el("span", { class: "corner", text: "from\\to" }));
+    for (const m of MODALITIES) grid.append(el("span", { class: "axis", text: SHORT[m] }));
+    matrix.forEach((row, i) => {
+      grid.append(el("span", { class: "axis", text: SHORT[MODALITIES[i]] }));
+      row.forEach((v) => {
+        const strength = max > 0 ? Math.abs(v) / max : 0;
+        const cell = el("span", { class: "cell", text: v.toFixed(2), title: `${v}` });
+        cell.style.background = `rgba(37, 99, 235, ${0.08 + 0.85 * strength})`;
+        cell.style.color = strength > 0.55 ? "#fff" : "#111827";
+        grid.append(cell);
+      });
+    });
+    box.append(grid);
+    return box;
+  }
+
+  function wordsOf(estimates, limit = 40) {
+    const seen = new Set(), words = [];
+    for (const e of estimates) {
+      for (const w of e.words || []) {
+        const key = `${w.start.toFixed(2)}|${w.word}`;
+        if (!seen.has(key)) { seen.add(key); words.push(w); }
+      }
+    }
+    words.sort((a, b) => a.start - b.start);
+    return words.slice(-limit).map((w) => w.word).join(" ");
+  }
+
+  return { token, api, ApiError, withToken, el, fraction, fmt, drawTimeline, heatmap, wordsOf, MODALITIES, SHORT, COLOURS };
+})();
