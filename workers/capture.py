@@ -411,7 +411,7 @@ class Capture:
     async def _announce(self, t: float) -> None:
         """Announce the session with its first media: `origin_wall` is the wall-clock time of
         session time 0, for latency reports."""
-        self.origin_wall = time.time() - t
+        self.origin_wall = getattr(self.source, "origin_wall", None) or time.time() - t
         await start_session(self.redis, self.id, source=self.source.description,
                             info={"asr": self._asr, "has_audio": self.source.has_audio,
                                   "has_video": self.source.has_video, "origin_wall": self.origin_wall,

@@ -287,6 +287,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="speech models: list, install (Vosk; needs internet), path")
     models.add_arguments(p)
     p.set_defaults(func=models.main)
+    from .serve import register_serve
+
+    register_serve(sub)
 
 
 ERRORS: tuple[type[BaseException], ...] = (SettingsError,)
