@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +83,8 @@ class Source:
 # -- sources ----------------------------------------------------------------------------------------
 class FileSource(Source):
     """A media file played as a session: at real-time pace (`speed` 1), faster, or as fast as the
-    pipeline takes it (`speed` 0). Times are the file's media timestamps."""
+    pipeline takes it (`speed` 0). Times are the file's media timestamps. `close()` ends it early
+    (Ctrl-C in `dmd run` / `dmd demo`), as the end of the file would."""
 
     def __init__(self, path: str | Path, speed: float = 1.0, video: bool | None = None,
                  audio: bool | None = None, chunk_s: float = 0.1) -> None:
@@ -99,6 +101,7 @@ class FileSource(Source):
         self.chunk_s = chunk_s
         self.description = f"file {self.path.name}"
         self.duration = info.duration
+        self._stop = threading.Event()
 
     async def media(self) -> AsyncIterator[Video | Sound]:
         from dmd_model.features import decode_media
@@ -107,10 +110,13 @@ class FileSource(Source):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         done = object()
+        stop = self._stop
 
         def decode() -> None:
             try:
                 for item in decode_media(self.path, video=self.has_video, audio=self.has_audio, chunk_s=self.chunk_s):
+                    if stop.is_set():
+                        break
                     asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
@@ -119,25 +125,39 @@ class FileSource(Source):
         thread = loop.run_in_executor(None, decode)
         start = time.monotonic()
         first_t: float | None = None
-        while True:
-            item = await queue.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            t = item.t
-            if first_t is None:
-                first_t = t
-            if self.speed > 0:  # pace: the item is due at its media time, scaled
-                due = start + (t - first_t) / self.speed
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if isinstance(item, FileChunk):
-                yield Sound(item.t, item.pcm)
-            else:
-                yield Video(item.t, item.rgb)
-        await thread
+        try:
+            while not stop.is_set():
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                t = item.t
+                if first_t is None:
+                    first_t = t
+                if self.speed > 0:  # pace: the item is due at its media time, scaled
+                    due = start + (t - first_t) / self.speed
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                if stop.is_set():
+                    break
+                if isinstance(item, FileChunk):
+                    yield Sound(item.t, item.pcm)
+                else:
+                    yield Video(item.t, item.rgb)
+        finally:
+            # stopped early (close(), or the consumer left): the decoder thread may be blocked on a
+            # full queue; empty it until the thread has ended, so no thread outlives the session
+            stop.set()
+            while not thread.done():
+                while not queue.empty():
+                    queue.get_nowait()
+                await asyncio.wait({thread}, timeout=0.05)
+            await thread
+
+    async def close(self) -> None:
+        self._stop.set()
 
 
 class CameraSource(Source):

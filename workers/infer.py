@@ -49,6 +49,12 @@ from .settings import InferenceSettings
 
 log = logging.getLogger("dmd.infer")
 
+# Windows reading their span from Redis at once. Each holds up to three pooled connections while it
+# reads (afeat, vfeat and words together) and redis-py's asyncio pool refuses a 101st connection
+# with MaxConnectionsError, which a burst of notices (a file replayed flat out) used to reach.
+READS_AT_ONCE = 24
+
+
 @dataclass
 class _Job:
     delivery: Delivery
@@ -94,6 +100,7 @@ class InferenceWorker:
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}  # session -> the last of its windows being prepared
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(4 * s.max_batch)  # notices being prepared or waiting for the model
+        self._reads = asyncio.Semaphore(READS_AT_ONCE)
         self.published = 0
         self.duplicates = 0
 
@@ -159,7 +166,8 @@ class InferenceWorker:
             except MessageError as exc:
                 await self._dead(delivery, f"window notice: {exc}")
                 return
-            job = await self._read_window(delivery, notice, received)
+            async with self._reads:
+                job = await self._read_window(delivery, notice, received)
             if previous is not None:
                 await asyncio.shield(previous)
             if job is None:

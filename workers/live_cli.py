@@ -215,13 +215,23 @@ async def _infer(args: argparse.Namespace) -> int:
             await asyncio.sleep(2)
 
     sampling = asyncio.create_task(sampler())
-    await stop.wait()
+    stopper = asyncio.create_task(stop.wait())
+    # the worker may also end by itself (it could not start: a text encoder that does not load, a
+    # dmd:windows key of another type): then leave with its error instead of waiting for a signal
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
     worker.stop()  # SIGTERM: finish the windows in flight, acknowledge them, then leave
-    await task
-    sampling.cancel()
-    await redis.aclose()
+    code = 0
+    try:
+        await task
+    except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+        log.error("inference worker %s stopped: %s: %s", worker.name, type(exc).__name__, exc)
+        code = 1
+    finally:
+        sampling.cancel()
+        await redis.aclose()
     log.info("inference worker %s: %d published, %d duplicates", worker.name, worker.published, worker.duplicates)
-    return 0
+    return code
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

@@ -3,13 +3,14 @@
 A terminal view (one row per session: sentiment bar, smoothed value, label, which modalities are
 present, the latest words, latency), or with `--json` one JSON estimate per line on standard output,
 for piping. On start it shows the recent history from the sessions' estimates streams, so a view
-opened late is not empty.
+opened late is not empty; after Redis went away and came back it shows what it missed the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,11 +18,15 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
+from stream.connection import CONNECTION_ERRORS, Backoff
 from stream.estimate import Estimate
 from stream.publish import watch_estimates
 from stream.session import Session
 
+log = logging.getLogger("dmd.watch")
+
 BAR_WIDTH = 21
+RECONNECT_HISTORY = 200  # estimates per session read back after a reconnect, to show what was missed
 
 
 def sentiment_bar(value: float, width: int = BAR_WIDTH) -> str:
@@ -112,57 +117,92 @@ class TerminalView:
 
 async def watch(redis: aioredis.Redis, session: str | None = None, *, as_json: bool = False,
                 history: int = 10, out: TextIO | None = None, until: Callable[[Estimate], bool] | None = None,
-                ready: asyncio.Event | None = None, timeout: float | None = None) -> int:
+                ready: asyncio.Event | None = None, timeout: float | None = None,
+                backoff: Backoff | None = None) -> int:
     """Show estimates until cancelled, `until(estimate)` is true, or `timeout` seconds pass.
-    Returns the number of estimates shown (history included)."""
+    Returns the number of estimates shown (history included).
+
+    When Redis goes away (a restart), the watcher backs off, subscribes again and first shows what
+    was published in between, from the estimates streams (each window once, as before)."""
     out = out or sys.stdout
     shown = 0
     deadline = None if timeout is None else time.monotonic() + timeout
+    seen: set[tuple[str, int]] = set()
+    last: dict[str, int] = {}  # session -> the latest window shown
+    backoff = backoff or Backoff(base=0.1, cap=2.0)
+    view = None if as_json else TerminalView(out)
 
-    def emit(view: TerminalView | None, e: Estimate) -> None:
+    def emit(e: Estimate) -> bool:
+        """Show `e` unless it was shown; True when `until` says to stop."""
         nonlocal shown
+        if (e.session, e.window) in seen:
+            return False
+        seen.add((e.session, e.window))
+        last[e.session] = max(e.window, last.get(e.session, e.window))
         shown += 1
         if as_json:
             out.write(json.dumps(e.to_dict(), separators=(",", ":")) + "\n")
             out.flush()
         elif view is not None:
             view.update(e)
+        return until is not None and until(e)
 
-    subscribed = asyncio.Event()
-    stream = watch_estimates(redis, session, ready=subscribed)
-    first = asyncio.ensure_future(stream.__anext__())
-    await subscribed.wait()  # subscribe first, then read the history: nothing falls in between
-    if ready is not None:
-        ready.set()
-    seen: set[tuple[str, int]] = set()
-    view = None if as_json else TerminalView(out)
+    async def follow(reconnected: bool) -> None:
+        """Subscribe, show the history (or, after a reconnect, what was missed), then follow until
+        done (returns) or the connection fails (raises)."""
+        subscribed = asyncio.Event()
+        stream = watch_estimates(redis, session, ready=subscribed)
+        pending = asyncio.ensure_future(stream.__anext__())
+        waiter = asyncio.ensure_future(subscribed.wait())
+        try:
+            # subscribe first, then read the history: nothing falls in between
+            await asyncio.wait({pending, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not subscribed.is_set():
+                pending.result()  # the subscription failed: raise its error
+            backoff.reset()
+            if ready is not None:
+                ready.set()
+            if reconnected:  # what was published while we were away: windows after the last shown
+                missed = [e for e in await recent_history(redis, session, max(history, RECONNECT_HISTORY))
+                          if e.window > last.get(e.session, -1)]
+            else:
+                missed = await recent_history(redis, session, history) if history else []
+            for e in missed:
+                if emit(e):
+                    return
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                try:
+                    e = await asyncio.wait_for(asyncio.shield(pending), remaining)
+                except asyncio.TimeoutError:
+                    return
+                except StopAsyncIteration:
+                    return
+                pending = asyncio.ensure_future(stream.__anext__())
+                if emit(e):
+                    return
+        finally:
+            waiter.cancel()
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+            await stream.aclose()
+
+    reconnected = False
     with view if view is not None else _Nothing():
-        for e in await recent_history(redis, session, history) if history else []:
-            seen.add((e.session, e.window))
-            emit(view, e)
-            if until is not None and until(e):
-                first.cancel()
-                return shown
-        pending = first
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                pending.cancel()
-                return shown
             try:
-                e = await asyncio.wait_for(asyncio.shield(pending), remaining)
-            except asyncio.TimeoutError:
-                pending.cancel()
+                await follow(reconnected)
                 return shown
-            except StopAsyncIteration:
-                return shown
-            pending = asyncio.ensure_future(stream.__anext__())
-            if (e.session, e.window) in seen:
-                continue
-            emit(view, e)
-            if until is not None and until(e):
-                pending.cancel()
-                return shown
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.next_delay()
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    return shown
+                log.warning("watching estimates: Redis unreachable (%s: %s); subscribing again in %.2f s",
+                            type(exc).__name__, exc, delay)
+                reconnected = True
+                await asyncio.sleep(delay)
 
 
 class _Nothing:
