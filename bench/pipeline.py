@@ -145,7 +145,8 @@ async def bench_batching(args: argparse.Namespace) -> dict:
     predictor = Predictor(checkpoint_path(args.checkpoint), device=args.device)
     spec = WindowSpec()
     seconds = spec.window(spec.first + args.windows - 1).t_end
-    vocab = ["i", "really", "like", "this", "movie", "it", "was", "not", "good", "at", "all", "but", "the", "actors", "were", "great"]
+    vocab = ["i", "really", "like", "this", "movie", "it", "was", "not", "good", "at", "all", "but", "the",
+             "actors", "were", "great"]
     results = {}
     for max_batch in (1, 32):
         await redis.flushall()

@@ -55,14 +55,38 @@ class MMSASplit:
         return len(self.labels)
 
 
+class MMSAData(dict):
+    """The splits of an MMSA pickle (`{"train": MMSASplit, "valid": ..., "test": ...}`), plus
+    `metadata`: the pickle's top-level `meta` (written by `dmd extract`: the feature profile, the
+    modalities present, the source), or {} for the official MMSA files, which have none."""
+
+    metadata: dict[str, Any]
+
+    def __init__(self, splits: dict[str, MMSASplit], metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(splits)
+        self.metadata = dict(metadata or {})
+
+    @property
+    def profile(self) -> dict[str, Any] | None:
+        """The feature profile the data was extracted with (`Profile.describe()`), if recorded."""
+        return self.metadata.get("profile") or None
+
+    @property
+    def modalities(self) -> tuple[str, ...] | None:
+        """The modalities present in the data, if recorded (e.g. ("text",) for transcripts only)."""
+        found = self.metadata.get("modalities")
+        return tuple(found) if found else None
+
+
 def load_mmsa(
     path: str | Path,
     *,
     use_bert: bool = False,
     feature_dims: tuple[int, int, int] | None = None,
     seq_lens: tuple[int, int, int] | None = None,
-) -> dict[str, MMSASplit]:
-    """Read an MMSA pickle into its `train`, `valid` and `test` splits.
+) -> MMSAData:
+    """Read an MMSA pickle into its `train`, `valid` and `test` splits (a dict; its `metadata`,
+    `profile` and `modalities` say what `dmd extract` recorded, empty for the official files).
 
     `feature_dims` and `seq_lens` are the model's (text, audio, visual) triples (`model.feature_dims`,
     `model.seq_lens`); when given, every split must match them. With `use_bert` the text comes from
@@ -79,9 +103,31 @@ def load_mmsa(
     if missing:
         raise DataError(f"{name} has no split(s) {missing} (found {sorted(map(str, raw))}): an MMSA pickle "
                         f"has train, valid and test; {_WRITTEN_BY}")
-    return {
-        split: _check_split(raw[split], name, split, use_bert, feature_dims, seq_lens) for split in SPLITS
-    }
+    meta = raw.get("meta")
+    return MMSAData(
+        {split: _check_split(raw[split], name, split, use_bert, feature_dims, seq_lens) for split in SPLITS},
+        meta if isinstance(meta, dict) else None,
+    )
+
+
+def pickle_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an MMSA pickle without loading its arrays when possible: `dmd extract` writes
+    it beside the pickle (`<name>.json`); otherwise the pickle's `meta` entry ({} for the official
+    files)."""
+    import json
+
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".json")
+    if sidecar.is_file():
+        try:
+            found = json.loads(sidecar.read_text())
+            if isinstance(found, dict):
+                return found
+        except (OSError, ValueError):
+            pass
+    raw = _read_pickle(path)
+    meta = raw.get("meta") if isinstance(raw, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
 
 
 def _read_pickle(path: Path) -> Any:

@@ -5,6 +5,7 @@
     dmd eval    runs/mosi/seed_1111/best.pt --data aligned_50.pkl [--split test]
     dmd info    runs/mosi/seed_1111/best.pt [--json]
     dmd import-official mosi-aligned.pth --config mosi_aligned --out mosi-aligned.dmd.pt
+    dmd extract | release                                      (dataset extraction: workers/extract_cli.py)
     dmd demo | run | capture | asr | infer | watch | models     (the live pipeline: workers/live_cli.py)
 
 Every long job shows progress on standard error; results go to standard output.
@@ -68,15 +69,23 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "(aligned_50.pkl / unaligned_50.pkl) or use --synthetic", file=sys.stderr)
             return 2
         data_desc = {"path": str(data_path)}
-        profile = None  # the MMSA profile
+        profile = None  # the MMSA profile, unless the pickle says otherwise (below)
     splits = load_mmsa(data_path, use_bert=cfg.model.use_bert, feature_dims=cfg.model.feature_dims,
                        seq_lens=cfg.model.seq_lens)
+    modalities = None
+    if not args.synthetic:
+        # a pickle written by `dmd extract` records its feature profile and the modalities it holds;
+        # the checkpoint carries them so the pipeline serves it with the same features
+        profile = splits.profile
+        modalities = splits.modalities
+        if splits.metadata.get("source"):
+            data_desc["source"] = splits.metadata["source"]
     out = Path(args.out or f"runs/{cfg.name}")
     seeds = args.seeds or list(cfg.train.seeds)
     print(f"training {cfg.name} on {data_desc['path']} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())}) "
           f"seeds {seeds} -> {out}", file=sys.stderr)
     summary = train(cfg, splits, out_dir=out, seeds=seeds, device=args.device, progress=not args.quiet,
-                    data_info=data_desc, profile=profile)
+                    data_info=data_desc, profile=profile, modalities=modalities)
     for run in summary.runs:
         print(f"seed {run.seed}: best epoch {run.best_epoch}/{run.epochs}, valid Loss {run.valid.get('Loss')}, "
               f"test {format_metrics(run.test or {})}", file=sys.stderr)
@@ -194,7 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a configuration value")
     p.set_defaults(func=cmd_import_official)
 
-    from . import live_cli
+    from . import extract_cli, live_cli
+
+    p = sub.add_parser("extract", help="a dataset folder (MMSA-FET layout) or label files -> an MMSA-format "
+                       "pickle in the live feature profile")
+    extract_cli.add_arguments(p)
+    p.set_defaults(func=extract_cli.main)
+    p = sub.add_parser("release", help="a trained checkpoint -> a shippable one (fp16, per-data-set test metrics)")
+    extract_cli.add_release_arguments(p)
+    p.set_defaults(func=extract_cli.release_main)
 
     live_cli.register(sub)
     return parser
