@@ -48,7 +48,7 @@ class CaptureSettings:
 class AsrSettings:
     engine: str = "auto"  # auto (vosk when a model is configured, else whisper), vosk, whisper, none
     vosk_model: str = ""  # path of an unpacked Vosk model (dmd models install ...)
-    grace_s: float = 0.4  # how long inference waits for ASR to pass a window's end
+    grace_s: float = 0.25  # how long inference waits for ASR to pass a window's end
 
 
 @dataclass
