@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from fidelity import make_inputs  # noqa: E402
+from hostinfo import cpu_model  # noqa: E402
 from official_dmd import (  # noqa: E402
     OfficialCodeError,
     OfficialDMD,
@@ -56,16 +57,6 @@ FORWARD_BATCHES = (1, 16, 64)
 TRAIN_BATCHES = (16, 32)
 TARGETS = {"forward_ratio": 0.67, "train_step_ratio": 0.5}
 EQUAL_OUTPUTS = 1e-5  # largest absolute output difference that counts as equal (float32)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine(device: torch.device) -> dict[str, object]:
