@@ -21,12 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from media_helpers import bars, mux_audio, mux_video
 
 ROOT = Path(__file__).resolve().parents[1]
 DMD = Path(sys.executable).with_name("dmd")
@@ -116,6 +116,17 @@ def write_clip(path: Path, seconds: float = 6.0, *, face: bool = True, sound: st
 
     demo_frames, demo_pcm = _demo_media(seconds) if face or sound == "speech" else ([], np.zeros(0, np.int16))
     sr = 44100
+
+    def images() -> Iterator[np.ndarray]:
+        j = 0
+        for i in range(int(seconds * fps)):
+            if not face:
+                yield bars(i)
+                continue
+            while j + 1 < len(demo_frames) and demo_frames[j + 1][0] <= i / fps + 1e-6:
+                j += 1
+            yield demo_frames[j][1]
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=fps)
@@ -123,34 +134,12 @@ def write_clip(path: Path, seconds: float = 6.0, *, face: bool = True, sound: st
         vs.height, vs.width = size
         vs.pix_fmt = "yuv420p"
         aus = out.add_stream("aac", rate=sr, layout="stereo") if sound else None
-        j = 0
-        for i in range(int(seconds * fps)):
-            t = i / fps
-            if face:
-                while j + 1 < len(demo_frames) and demo_frames[j + 1][0] <= t + 1e-6:
-                    j += 1
-                img = demo_frames[j][1]
-            else:
-                img = np.zeros((120, 160, 3), np.uint8)
-                img[:, :, 0] = (np.arange(160)[None, :] * 2 + i * 8) % 256
-                img[:, :, 1] = np.arange(120)[:, None] * 2
-            for packet in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                out.mux(packet)
-        for packet in vs.encode():
-            out.mux(packet)
+        mux_video(out, vs, images())
         if aus is not None:
             pcm16 = demo_pcm if sound == "speech" else tone(seconds)
             x16 = pcm16.astype(np.float32) / 32768
             x = np.interp(np.arange(int(len(x16) * sr / 16000)) / sr, np.arange(len(x16)) / 16000, x16)
-            stereo = np.stack([x, x]).astype(np.float32)
-            for i in range(0, stereo.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, i:i + 1024]), format="fltp",
-                                                   layout="stereo")
-                frame.sample_rate, frame.pts, frame.time_base = sr, i, Fraction(1, sr)
-                for packet in aus.encode(frame):
-                    out.mux(packet)
-            for packet in aus.encode():
-                out.mux(packet)
+            mux_audio(out, aus, x, sr)
     return path
 
 

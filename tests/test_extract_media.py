@@ -8,11 +8,11 @@ import json
 import os
 import pickle
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from media_helpers import write_media
 
 from dmd_model.data import load_mmsa, pickle_metadata
 from dmd_model.extract import ExtractError, Extractor, dataset_labels, extract
@@ -32,36 +32,10 @@ LIVE_DIMS = PROFILE.feature_dims  # (384, 25, 55)
 LIVE_LENS = (50, 50, 50)
 
 
-def write_clip(path: Path, seconds: float = 1.5, fps: int = 10, freq: float = 200.0) -> Path:
-    """A small mp4 like the MOSI clips (H.264 + AAC 44.1 kHz stereo): a synthetic textured image
-    (no face) and a harmonic tone that pauses in the middle."""
-    sr = 44100
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
-        aus = out.add_stream("aac", rate=sr, layout="stereo")
-        for i in range(int(seconds * fps)):
-            img = np.zeros((120, 160, 3), np.uint8)
-            img[:, :, 0] = (np.arange(160)[None, :] * 2 + i * 8) % 256
-            img[:, :, 1] = np.arange(120)[:, None] * 2
-            for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in vs.encode():
-            out.mux(packet)
-        t = np.arange(int(seconds * sr)) / sr
-        x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 8)) * 0.2
-        x[(t > 0.6) & (t < 0.8)] = 0
-        stereo = np.stack([x, x]).astype(np.float32)
-        for i in range(0, stereo.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, i:i + 1024]), format="fltp",
-                                               layout="stereo")
-            frame.sample_rate, frame.pts, frame.time_base = sr, i, Fraction(1, sr)
-            for packet in aus.encode(frame):
-                out.mux(packet)
-        for packet in aus.encode():
-            out.mux(packet)
-    return path
+def write_clip(path: Path, seconds: float = 1.5, fps: int = 10, freq: float = 180.0) -> Path:
+    """A small mp4 like the MOSI clips (H.264 + AAC 44.1 kHz stereo): colour bars (no face) and a
+    harmonic tone that pauses in the middle."""
+    return write_media(path, seconds, fps=fps, freq=freq, pause=(0.6, 0.8))
 
 
 ROWS = [  # video_id, clip_id, text, label, mode

@@ -4,11 +4,11 @@ replayed live (chunk by chunk, frame by frame, window by window) give the same m
 from __future__ import annotations
 
 import csv
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from media_helpers import write_media
 
 from dmd_model.features import (
     AUDIO_NAMES,
@@ -35,40 +35,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MOSI = DATA / "clips" / "mosi"
 ABSENT = "real clips not here (../shared/data/clips): developer data only"
 needs_clips = pytest.mark.skipif(not MOSI.is_dir(), reason=ABSENT)
-
-
-def write_media(path: Path, seconds: float = 3.0, video: bool = True, audio: bool = True, fps: int = 15) -> Path:
-    """A small mp4 (H.264 + AAC 44.1 kHz stereo, like the MOSI clips): moving colour bars, no face,
-    and a 200 Hz harmonic tone that pauses between 1.2 and 1.8 s."""
-    sr = 44100
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps) if video else None
-        if vs is not None:
-            vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
-        aus = out.add_stream("aac", rate=sr, layout="stereo") if audio else None
-        if video:
-            for i in range(int(seconds * fps)):
-                img = np.zeros((120, 160, 3), np.uint8)
-                img[:, :, 0] = (np.arange(160)[None, :] * 2 + i * 8) % 256
-                img[:, :, 1] = np.arange(120)[:, None] * 2
-                for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    out.mux(packet)
-            for packet in vs.encode():
-                out.mux(packet)
-        if audio:
-            t = np.arange(int(seconds * sr)) / sr
-            x = sum(np.sin(2 * np.pi * 200 * k * t) / k for k in range(1, 8)) * 0.2
-            x[(t > 1.2) & (t < 1.8)] = 0
-            stereo = np.stack([x, x]).astype(np.float32)
-            for i in range(0, stereo.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, i : i + 1024]), format="fltp",
-                                                   layout="stereo")
-                frame.sample_rate, frame.pts, frame.time_base = sr, i, Fraction(1, sr)
-                for packet in aus.encode(frame):
-                    out.mux(packet)
-            for packet in aus.encode():
-                out.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
