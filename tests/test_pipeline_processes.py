@@ -65,7 +65,7 @@ def capture_stats(proc) -> dict:
 def test_capture_asr_infer_and_watch_processes_give_every_window_one_estimate_in_order(
         restartable_redis: RedisServer, processes: Processes, checkpoint, face_clip) -> None:
     url = restartable_redis.url
-    # inference waits up to 3 s for the ASR to pass a window (a busy test machine), not 0.4 s
+    # inference waits up to 3 s for the ASR to pass a window (a busy test machine), not the default 0.25 s
     env = pipeline_env(checkpoint, url, asr_grace_s=3)
     infer = processes.start("infer", "infer", "--name", "w1", env=env)
     asr = processes.start("asr", "asr", "--asr", "whisper", "--max-sessions", "1", "--name", "a1", env=env)

@@ -45,7 +45,7 @@ from stream.session import Session, words_between
 
 from .asr_sessions import session_events
 from .metrics import Metrics
-from .settings import InferenceSettings
+from .settings import AsrSettings, InferenceSettings
 
 log = logging.getLogger("dmd.infer")
 
@@ -79,7 +79,7 @@ class InferenceWorker:
     """One inference worker (see the module docstring). `run()` until `stop()`."""
 
     def __init__(self, redis: aioredis.Redis, predictor: Predictor, settings: InferenceSettings | None = None, *,
-                 asr_grace_s: float = 0.4, name: str | None = None, metrics: Metrics | None = None,
+                 asr_grace_s: float = AsrSettings.grace_s, name: str | None = None, metrics: Metrics | None = None,
                  text_encoder: Any = None) -> None:
         self.redis = redis
         self.predictor = predictor
