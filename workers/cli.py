@@ -205,14 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import extract_cli, live_cli
 
-    p = sub.add_parser("extract", help="a dataset folder (MMSA-FET layout) or label files -> an MMSA-format "
-                       "pickle in the live feature profile")
-    extract_cli.add_arguments(p)
-    p.set_defaults(func=extract_cli.main)
-    p = sub.add_parser("release", help="a trained checkpoint -> a shippable one (fp16, per-data-set test metrics)")
-    extract_cli.add_release_arguments(p)
-    p.set_defaults(func=extract_cli.release_main)
-
+    extract_cli.register(sub)
     live_cli.register(sub)
     return parser
 

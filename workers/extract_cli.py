@@ -6,7 +6,7 @@
     dmd release runs/live_text/seed_1111/best.pt --out dmd_model/checkpoints/default.pt \\
         --eval mosi=mosi_text.pkl --eval mosei=mosei_text.pkl
 
-`workers/cli.py` registers them: `add_arguments(parser)` / `main(args)` for extract and
+`register(subparsers)` adds both to `dmd` (`workers/cli.py`): `add_arguments(parser)` / `main(args)` for extract and
 `add_release_arguments(parser)` / `release_main(args)` for release. Progress goes to standard error,
 the JSON result to standard output. Run alone: `python -m workers.extract_cli extract ...`.
 """
@@ -185,15 +185,20 @@ def release_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmd")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("extract", help="a dataset folder or label files -> an MMSA-format pickle (live profile)")
+def register(sub: Any) -> None:
+    """Add `extract` and `release` to the `dmd` subcommands (`workers/cli.py` and `build_parser`)."""
+    p = sub.add_parser("extract", help="a dataset folder (MMSA-FET layout) or label files -> an MMSA-format "
+                       "pickle in the live feature profile")
     add_arguments(p)
     p.set_defaults(func=main)
     p = sub.add_parser("release", help="a trained checkpoint -> a shippable one (fp16, per-data-set test metrics)")
     add_release_arguments(p)
     p.set_defaults(func=release_main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmd")
+    register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
