@@ -131,22 +131,6 @@ def add_release_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
-def _adopt_data_metadata(ckpt: Any) -> None:
-    """A checkpoint trained by a `dmd train` that did not yet pass the data's profile on records
-    the MMSA profile: take the profile and modalities from the extracted pickle it names."""
-    from dmd_model.data import pickle_metadata
-
-    path = (ckpt.data or {}).get("path")
-    if ckpt.profile.get("live") or not path or not Path(path).is_file():
-        return
-    meta = pickle_metadata(path)
-    if meta.get("profile", {}).get("live"):
-        ckpt.profile = meta["profile"]
-        ckpt.modalities = tuple(meta.get("modalities") or ckpt.modalities)
-        print(f"dmd release: profile {ckpt.profile['name']!r} and modalities {list(ckpt.modalities)} taken from "
-              f"the training data {path}", file=sys.stderr)
-
-
 def release_main(args: argparse.Namespace) -> int:
     """Re-save a checkpoint for shipping: fp16 weights (read back as float32), its training record
     kept, and the test metrics of each `--eval` pickle (computed with the fp16 weights) added."""
@@ -156,7 +140,6 @@ def release_main(args: argparse.Namespace) -> int:
     from dmd_model.train import evaluate_checkpoint
 
     src = load_checkpoint(args.checkpoint)
-    _adopt_data_metadata(src)
     model = src.build_model("cpu")
     out = Path(args.out)
     half = not args.full_precision
