@@ -245,6 +245,10 @@ class _StackedLayer(nn.Module):
         x = x + dropout(attn, stack.res_dropout, training)
 
         # --- position-wise feed-forward ----------------------------------------------------
+        if _chunked_inference(x, self.fc1_weight):
+            return _feed_forward_chunked(
+                x, sel(self.norm1_weight, idx), sel(self.norm1_bias, idx), sel(self.fc1_weight, idx),
+                sel(self.fc1_bias, idx), sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
         h = _norm(x, sel(self.norm1_weight, idx), sel(self.norm1_bias, idx))
         h = F.relu(self._linear(h, sel(self.fc1_weight, idx), sel(self.fc1_bias, idx)))
         h = self._linear(dropout(h, stack.relu_dropout, training), sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
@@ -278,3 +282,35 @@ class _StackedLayer(nn.Module):
 
 # tokens per member from which a per-member GEMM beats one batched GEMM (measured on CPU)
 _LOOP_TOKENS = 512
+
+
+# tokens per chunk of the inference feed-forward: its (chunk, 4d) hidden layer stays in a core's cache
+_FFN_CHUNK = 1024
+
+
+def _chunked_inference(x: Tensor, weight: Tensor) -> bool:
+    """Whether a position-wise block may run in cache-sized chunks, in place: no gradients, plain
+    precision, a CPU, and enough tokens for chunks to pay."""
+    return (x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and x.shape[1] * x.shape[2] >= _LOOP_TOKENS and x.dtype == weight.dtype)
+
+
+def _feed_forward_chunked(x: Tensor, norm_w: Tensor, norm_b: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+                          b2: Tensor) -> Tensor:
+    """x + fc2(relu(fc1(LN1(x)))) for each member, `_FFN_CHUNK` tokens at a time, written over x.
+
+    The whole hidden layer would be (tokens, 4d) per member, several MB that a CPU streams through
+    memory three times (the bias broadcast before the product, the product, the ReLU); in chunks it
+    stays in cache. Only for inference: x is a fresh tensor here and is overwritten.
+    """
+    G, B, L, d = x.shape
+    x2 = x.view(G, B * L, d)
+    hidden = x.new_empty(_FFN_CHUNK, w1.shape[1])
+    for g in range(G):
+        w1t, w2t = w1[g].t(), w2[g].t()
+        for i in range(0, B * L, _FFN_CHUNK):
+            xc = x2[g, i: i + _FFN_CHUNK]
+            h = F.layer_norm(xc, (d,), norm_w[g], norm_b[g])
+            hc = torch.addmm(b1[g], h, w1t, out=hidden[: xc.shape[0]]).relu_()
+            xc.add_(b2[g]).addmm_(hc, w2t)
+    return x

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import configs
 from dmd_model import attention as attention_module
+from dmd_model import transformer
 from dmd_model.attention import attention
 from dmd_model.config import DMDConfig, ModelConfig
 from dmd_model.dropout import keep_mask_rows, row_thresholds
@@ -386,6 +387,20 @@ def test_per_member_products_without_gradients_equal_the_batched_products():
         looped = stack(queries, sources)
     batched = stack(queries, sources)  # parameters require gradients: one batched product
     for a, b in zip(looped, batched):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_feed_forward_in_chunks_equals_the_batched_products(monkeypatch):
+    # 64 x 8 = 512 tokens in chunks of 100: five full chunks and a short one, written over x in place
+    monkeypatch.setattr(transformer, "_FFN_CHUNK", 100)
+    stack = make_stack(3)
+    torch.manual_seed(9)
+    queries = [torch.randn(64, 8, 12) for _ in range(3)]
+    sources = [torch.randn(64, 8, 12), None, torch.randn(64, 8, 12)]
+    with torch.inference_mode():
+        chunked = stack(queries, sources)
+    batched = stack(queries, sources)  # with gradients: the plain batched products
+    for a, b in zip(chunked, batched):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
 
 
