@@ -10,7 +10,9 @@ products, so this module
 - computes the gradient by hand from the saved weights, in the same orientations, instead of
   letting autograd record a dozen small operations per chunk.
 Attention dropout keeps one probability per head row (members of a stack differ); its masks come
-from `dmd_model.dropout`, and its 1 / keep scale is applied to the (smaller) output.
+from `dmd_model.dropout`, and its 1 / keep scale is applied to the (smaller) output. Only the leading
+rows that have thresholds draw masks: a stack puts its members without attention dropout last, so
+they share the batched products of the others without paying for random numbers.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def attention(q: Tensor, k: Tensor, vt: Tensor, bias: Tensor | None, scale: floa
     """softmax(scale * q k^T + bias) v for n heads, returned transposed.
 
     q (n, Lq, hd), k (n, Lk, hd), vt (n, hd, Lk) (values transposed); bias (Lq, Lk) additive
-    (-inf hides a key) or None; thresholds (n,) int16 / row_scale (n, 1, 1) for attention dropout
-    (see `dmd_model.dropout.row_thresholds`) or None. Returns (n, hd, Lq).
+    (-inf hides a key) or None; thresholds (m,) int16 / row_scale (m, 1, 1) for attention dropout on
+    the first m <= n rows (see `dmd_model.dropout.row_thresholds`; the other rows keep every weight)
+    or None. Returns (n, hd, Lq).
     """
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
@@ -44,20 +47,28 @@ def attention(q: Tensor, k: Tensor, vt: Tensor, bias: Tensor | None, scale: floa
     return _Attention.apply(q, k, vt, bias, scale, thresholds, row_scale)
 
 
+def _chunks(n: int, dropped_rows: int, chunk: int) -> list[tuple[int, int]]:
+    """Row ranges of at most `chunk` rows; none straddles the end of the dropped-out rows."""
+    return [(i, min(end, i + chunk)) for start, end in ((0, dropped_rows), (dropped_rows, n))
+            for i in range(start, end, chunk)]
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, vt: Tensor, bias: Tensor | None, scale: float,  # type: ignore[override]
                 thresholds: Tensor | None, row_scale: Tensor | None) -> Tensor:
         n, Lq, hd = q.shape
         Lk = k.shape[1]
-        chunk = max(1, CHUNK_ELEMENTS // (Lq * Lk))
+        m = 0 if thresholds is None else thresholds.shape[0]  # rows with attention dropout
+        if m > n:
+            raise ValueError(f"{m} dropout thresholds for {n} attention rows")
+        chunks = _chunks(n, m, max(1, CHUNK_ELEMENTS // (Lq * Lk)))
         save = any(ctx.needs_input_grad[:3])
         weights = q.new_empty(n, Lq, Lk) if save else None  # softmax output, for the backward
-        dropped = q.new_empty(n, Lq, Lk) if save and thresholds is not None else None
-        masks = torch.empty(n, Lq, Lk, dtype=torch.bool, device=q.device) if dropped is not None else None
+        dropped = q.new_empty(m, Lq, Lk) if save and m else None
+        masks = torch.empty(m, Lq, Lk, dtype=torch.bool, device=q.device) if dropped is not None else None
         out = q.new_empty(n, hd, Lq)
-        for i in range(0, n, chunk):
-            j = min(n, i + chunk)
+        for i, j in chunks:
             kt = k[i:j].transpose(1, 2)
             if bias is None:
                 scores = torch.bmm(q[i:j], kt).mul_(scale)
@@ -67,38 +78,39 @@ class _Attention(torch.autograd.Function):
                 p = torch.softmax(scores, dim=-1)
             else:
                 p = torch._softmax(scores, -1, False, out=weights[i:j])
-            if thresholds is not None:
-                mask = keep_mask_rows(p.shape, thresholds[i:j])
+            if i < m:
+                mask = keep_mask_rows(p.shape, thresholds[i:j])  # type: ignore[index]
                 if masks is not None:
                     masks[i:j] = mask
                     p = torch.mul(p, mask, out=dropped[i:j])  # type: ignore[index]
                 else:
                     p = p * mask
             torch.bmm(vt[i:j], p.transpose(1, 2), out=out[i:j])
-        if row_scale is not None:
-            out.mul_(row_scale)
+        if row_scale is not None and m:
+            out[:m].mul_(row_scale)
         if save:
             ctx.save_for_backward(q, k, vt, weights, dropped, masks, row_scale)
-            ctx.scale, ctx.chunk = scale, chunk
+            ctx.scale, ctx.chunks, ctx.dropped_rows = scale, chunks, m
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, vt, weights, dropped, masks, row_scale = ctx.saved_tensors
-        scale, chunk = ctx.scale, ctx.chunk
+        scale, m = ctx.scale, ctx.dropped_rows
+        g_out = grad_out.contiguous()
+        if row_scale is not None and m:
+            g_out = g_out.clone()
+            g_out[:m].mul_(row_scale)
         n = q.shape[0]
-        g_out = grad_out if row_scale is None else grad_out * row_scale
-        g_out = g_out.contiguous()
         g_qt = torch.empty(n, q.shape[2], q.shape[1], dtype=q.dtype, device=q.device)
         g_kt = torch.empty(n, k.shape[2], k.shape[1], dtype=k.dtype, device=k.device)
         g_vt = torch.empty_like(vt)
-        used = weights if dropped is None else dropped
-        for i in range(0, n, chunk):
-            j = min(n, i + chunk)
+        for i, j in ctx.chunks:
+            dropped_chunk = i < m and dropped is not None
             go = g_out[i:j]  # (c, hd, Lq)
-            torch.bmm(go, used[i:j], out=g_vt[i:j])  # dV^T = dO^T P'
+            torch.bmm(go, dropped[i:j] if dropped_chunk else weights[i:j], out=g_vt[i:j])  # dV^T = dO^T P'
             g_p = torch.bmm(go.transpose(1, 2), vt[i:j])  # dP' = dO V^T: (c, Lq, Lk)
-            if masks is not None:
+            if dropped_chunk:
                 g_p.mul_(masks[i:j])
             g_s = torch._softmax_backward_data(g_p, weights[i:j], -1, g_p.dtype)
             # dQ^T = K^T dS^T and dK^T = Q^T dS, both with a wide output

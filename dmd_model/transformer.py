@@ -123,12 +123,13 @@ class EncoderStack(nn.Module):
         last = [last_only] * self.members if isinstance(last_only, bool) else list(last_only)
         groups: dict[tuple, list[int]] = {}
         for g, (q, kv) in enumerate(zip(queries, sources)):
-            # in training, members without attention dropout run apart: they draw no random masks
-            drops = self.training and self._attn_dropout_list[g] > 0
-            key = (q.shape[1], None if kv is None else kv.shape[1], last[g], drops)
+            key = (q.shape[1], None if kv is None else kv.shape[1], last[g])
             groups.setdefault(key, []).append(g)
         outputs: list[Tensor | None] = [None] * self.members
-        for (_, k_len, last_g, _), idx in groups.items():
+        for (_, k_len, last_g), idx in groups.items():
+            if self.training:
+                # members with attention dropout first: only their rows draw random masks
+                idx.sort(key=lambda g: self._attn_dropout_list[g] <= 0)
             q = torch.stack([queries[g] for g in idx])
             kv = None if k_len is None else torch.stack([sources[g] for g in idx])  # type: ignore[misc]
             for g, out in zip(idx, self._run_group(idx, q, kv, last_g).unbind(0)):
@@ -136,11 +137,12 @@ class EncoderStack(nn.Module):
         return outputs  # type: ignore[return-value]
 
     def _select(self, param: Tensor, idx: list[int]) -> Tensor:
-        """The rows of a stacked parameter for the members idx (a view when they are contiguous)."""
-        if len(idx) == self.members:
-            return param
+        """The rows of a stacked parameter for the members idx, in that order (a view when they are
+        a contiguous run)."""
         if idx == list(range(idx[0], idx[0] + len(idx))):
-            return param[idx[0]: idx[0] + len(idx)]
+            return param if len(idx) == self.members else param[idx[0]: idx[0] + len(idx)]
+        if torch.is_grad_enabled() and param.requires_grad:
+            return _Gather.apply(param, idx)
         return param[idx]
 
     def _run_group(self, idx: list[int], queries: Tensor, sources: Tensor | None, last_only: bool) -> Tensor:
@@ -164,6 +166,24 @@ class EncoderStack(nn.Module):
         for n, layer in enumerate(self.layers):
             x = layer(self, idx, x, k_src, v_src, mask, p_attn, last_only and n == final)
         return _norm(x, self._select(self.norm_weight, idx), self._select(self.norm_bias, idx))
+
+
+class _Gather(torch.autograd.Function):
+    """param[idx] for distinct member indices. When idx holds every member, the gradient is written
+    into an uninitialised tensor (indexing's own backward first fills a zero tensor)."""
+
+    @staticmethod
+    def forward(ctx, param: Tensor, idx: list[int]) -> Tensor:  # type: ignore[override]
+        index = torch.tensor(idx, device=param.device)
+        ctx.save_for_backward(index)
+        ctx.shape = param.shape
+        return param.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        full = grad.new_empty if index.numel() == ctx.shape[0] else grad.new_zeros
+        return full(ctx.shape).index_copy_(0, index, grad.contiguous()), None
 
 
 def _norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -271,10 +291,13 @@ class _StackedLayer(nn.Module):
         if mask is not None:
             bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
         thresholds = row_scale = None
-        if training and any(p > 0 for p in p_attn):
+        dropping = [p for p in p_attn if p > 0] if training else []
+        if dropping:
+            if p_attn[: len(dropping)] != dropping:
+                raise ValueError(f"members with attention dropout must come first in a group, got {p_attn}")
             # attention dropout differs between members: one keep threshold per (member, item, head)
-            thresholds, row_scale = row_thresholds([1.0 - p for p in p_attn], B * h, q.device)
-            row_scale = row_scale.to(q.dtype).view(n, 1, 1)
+            thresholds, row_scale = row_thresholds([1.0 - p for p in dropping], B * h, q.device)
+            row_scale = row_scale.to(q.dtype).view(-1, 1, 1)
         out = attention(q, k, vt, bias, hd ** -0.5, thresholds, row_scale)
         # (G*B*h, hd, Lq) -> (G, B, Lq, h*hd)
         return out.view(G * B, h, hd, Lq).permute(0, 3, 1, 2).reshape(G, B, Lq, d)

@@ -361,6 +361,28 @@ def test_gradients_of_grouped_members_equal_those_of_members_run_alone():
             torch.testing.assert_close(params[name].grad[g: g + 1], p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("members", [3, 4], ids=["every_member_reordered", "some_members_reordered"])
+def test_members_reordered_for_attention_dropout_keep_their_outputs_and_gradients(members):
+    # p = 1e-9 keeps every weight (its 16-bit threshold is all levels) but still counts as attention
+    # dropout, so in training the group runs as [1, 0, 2]: outputs and gradients must not notice
+    stack = make_stack(members, attn_dropout=[0.0, 1e-9, 0.0, 0.0][:members]).train()
+    torch.manual_seed(10)
+    queries = [torch.randn(2, 6, 12) for _ in range(members)]
+    sources = [torch.randn(2, 4, 12) for _ in range(3)] + [None] * (members - 3)
+    weights = [torch.randn(2, 6, 12) for _ in range(members)]
+    outs = stack(queries, sources)
+    sum(((o * w).sum() for o, w in zip(outs, weights)), torch.tensor(0.0)).backward()
+    singles = single_members(stack)
+    for g, one in enumerate(singles):
+        alone = one([queries[g]], [sources[g]])[0]
+        torch.testing.assert_close(outs[g], alone, rtol=1e-5, atol=1e-5)
+        (alone * weights[g]).sum().backward()
+    params = dict(stack.named_parameters())
+    for g, one in enumerate(singles):
+        for name, p in one.named_parameters():
+            torch.testing.assert_close(params[name].grad[g: g + 1], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_last_only_equals_the_last_step_of_the_full_output(causal):
     stack = make_stack(3, causal=causal)
@@ -518,6 +540,25 @@ def test_attention_dropout_equals_the_reference_with_the_same_keep_mask(chunked,
     assert 0 < mask.float().mean() < 1  # some weights really are dropped
     compare_with_reference(*attention_inputs(4), causal_bias(), mask=mask.to(torch.float64), row_scale=row_scale,
                            thresholds=thresholds, seed=11)
+
+
+def test_attention_dropout_on_the_leading_rows_leaves_the_other_rows_untouched():
+    # thresholds for the first 2 of N rows: those draw masks, the others keep every weight
+    thresholds, row_scale = row_thresholds([0.6], repeat=2, device=torch.device("cpu"))
+    torch.manual_seed(12)
+    mask = keep_mask_rows((2, LQ, LK), thresholds)
+    assert 0 < mask.float().mean() < 1
+    mask = torch.cat([mask.to(torch.float64), torch.ones(N - 2, LQ, LK, dtype=torch.float64)])
+    full_scale = torch.cat([row_scale.to(torch.float64), torch.ones(N - 2, dtype=torch.float64)]).view(N, 1, 1)
+    q, k, vt = attention_inputs(5)
+    scale = HD ** -0.5
+    g_out = torch.randn(N, HD, LQ, dtype=torch.float64)
+    torch.manual_seed(12)
+    out = attention(q, k, vt, causal_bias(), scale, thresholds, row_scale.to(torch.float64).view(2, 1, 1))
+    want = reference_attention(q, k, vt, causal_bias(), scale, mask, full_scale)
+    torch.testing.assert_close(out, want)
+    for got, expected in zip(torch.autograd.grad(out, (q, k, vt), g_out), torch.autograd.grad(want, (q, k, vt), g_out)):
+        torch.testing.assert_close(got, expected)
 
 
 def test_attention_dropout_scales_kept_weights_by_the_inverse_keep_rate():
