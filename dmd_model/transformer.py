@@ -149,15 +149,17 @@ class EncoderStack(nn.Module):
         training = self.training
         x = dropout(self._embed(queries), self.embed_dropout, training)  # (G, B, Lq, d)
         # Keys and values of crossmodal members are embedded once; in training each gets its own
-        # embedding dropout, as the official code embeds x_in_k and x_in_v separately.
+        # embedding dropout, as the official code embeds x_in_k and x_in_v separately. They stay the
+        # same through the layers, so they are layer-normed here, once; each layer's norm affine is
+        # folded into its projection (see `_fold_norm`).
         k_src = v_src = None
         if sources is not None:
             kv = self._embed(sources)
             if training and self.embed_dropout > 0:
-                k_src = dropout(kv, self.embed_dropout)
-                v_src = dropout(kv, self.embed_dropout)
+                k_src = _standardise(dropout(kv, self.embed_dropout))
+                v_src = _standardise(dropout(kv, self.embed_dropout))
             else:
-                k_src = v_src = kv
+                k_src = v_src = _standardise(kv)
         q_len = x.shape[2]
         k_len = q_len if sources is None else sources.shape[2]
         mask = allowed_positions(q_len, k_len, x.device) if self.causal else None
@@ -186,10 +188,32 @@ class _Gather(torch.autograd.Function):
         return full(ctx.shape).index_copy_(0, index, grad.contiguous()), None
 
 
+def _standardise(x: Tensor) -> Tensor:
+    """Layer norm without its affine part."""
+    return F.layer_norm(x, (x.shape[-1],))
+
+
+def _affine(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """z * weight + bias with per-member parameters (G, d) on z (G, B, L, d)."""
+    G = z.shape[0]
+    return torch.addcmul(bias.view(G, 1, 1, -1), z, weight.view(G, 1, 1, -1))
+
+
 def _norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Layer norm with per-member affine parameters (G, d)."""
-    G = x.shape[0]
-    return torch.addcmul(bias.view(G, 1, 1, -1), F.layer_norm(x, (x.shape[-1],)), weight.view(G, 1, 1, -1))
+    return _affine(_standardise(x), weight, bias)
+
+
+def _fold_norm(weight: Tensor, bias: Tensor, norm_weight: Tensor, norm_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """A linear layer after a layer norm's affine, as one linear layer on the standardised input:
+
+        (z * g + c) W^T + b  =  z (W diag(g))^T + (W c + b)
+
+    per member: weight (G, out, in), bias (G, out), norm weight g and bias c (G, in). The fold touches
+    the small weights instead of the (tokens, in) activations, forward and backward.
+    """
+    folded_bias = torch.baddbmm(bias.unsqueeze(2), weight, norm_bias.unsqueeze(2)).squeeze(2)
+    return weight * norm_weight.unsqueeze(1), folded_bias
 
 
 class _StackedLayer(nn.Module):
@@ -238,12 +262,20 @@ class _StackedLayer(nn.Module):
                 v_src: Tensor | None, mask: Tensor | None, p_attn: list[float], last_only: bool) -> Tensor:
         sel = stack._select
         d = x.shape[-1]
+        training = stack.training
+        # With gradients the norms' affine parts are folded into the next projection (`_fold_norm`);
+        # without, the few extra small products of the fold cost more than the affine pass they save.
+        fold = torch.is_grad_enabled()
         n0w, n0b = sel(self.norm0_weight, idx), sel(self.norm0_bias, idx)
         w_in, b_in = sel(self.in_proj_weight, idx), sel(self.in_proj_bias, idx)
-        training = stack.training
+        if fold:
+            w_in, b_in = _fold_norm(w_in, b_in, n0w, n0b)
+
+        def norm0(z: Tensor) -> Tensor:  # norm0's affine, on standardised queries, keys and values
+            return z if fold else _affine(z, n0w, n0b)
 
         # --- attention block -----------------------------------------------------------
-        h = _norm(x, n0w, n0b)
+        h = norm0(_standardise(x))
         hq = h
         if last_only:
             x, hq = x[:, :, -1:], h[:, :, -1:]
@@ -256,21 +288,25 @@ class _StackedLayer(nn.Module):
         else:
             q = self._linear(hq, w_in[:, :d], b_in[:, :d])
             if k_src is v_src:
-                k, v = self._linear(_norm(k_src, n0w, n0b), w_in[:, d:], b_in[:, d:]).split(d, dim=-1)
+                k, v = self._linear(norm0(k_src), w_in[:, d:], b_in[:, d:]).split(d, dim=-1)
             else:
-                k = self._linear(_norm(k_src, n0w, n0b), w_in[:, d:2 * d], b_in[:, d:2 * d])
-                v = self._linear(_norm(v_src, n0w, n0b), w_in[:, 2 * d:], b_in[:, 2 * d:])  # type: ignore[arg-type]
+                k = self._linear(norm0(k_src), w_in[:, d:2 * d], b_in[:, d:2 * d])
+                v = self._linear(norm0(v_src), w_in[:, 2 * d:], b_in[:, 2 * d:])  # type: ignore[arg-type]
         attn = self._attention(stack, q, k, v, mask, p_attn, training)
         attn = self._linear(attn, sel(self.out_proj_weight, idx), sel(self.out_proj_bias, idx))
         x = x + dropout(attn, stack.res_dropout, training)
 
         # --- position-wise feed-forward ----------------------------------------------------
-        if _chunked_inference(x, self.fc1_weight):
-            return _feed_forward_chunked(
-                x, sel(self.norm1_weight, idx), sel(self.norm1_bias, idx), sel(self.fc1_weight, idx),
-                sel(self.fc1_bias, idx), sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
-        h = _norm(x, sel(self.norm1_weight, idx), sel(self.norm1_bias, idx))
-        h = F.relu(self._linear(h, sel(self.fc1_weight, idx), sel(self.fc1_bias, idx)))
+        n1w, n1b = sel(self.norm1_weight, idx), sel(self.norm1_bias, idx)
+        w1, b1 = sel(self.fc1_weight, idx), sel(self.fc1_bias, idx)
+        if _chunked_inference(x, w1):
+            return _feed_forward_chunked(x, n1w, n1b, w1, b1, sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
+        if fold:
+            h = _standardise(x)
+            w1, b1 = _fold_norm(w1, b1, n1w, n1b)
+        else:
+            h = _norm(x, n1w, n1b)
+        h = F.relu(self._linear(h, w1, b1))
         h = self._linear(dropout(h, stack.relu_dropout, training), sel(self.fc2_weight, idx), sel(self.fc2_bias, idx))
         return x + dropout(h, stack.res_dropout, training)
 
