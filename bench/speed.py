@@ -11,7 +11,9 @@ MOSI aligned configuration with text as 768-d features (use_bert false), the off
 
 Both start from the same weights (ours exported into the official modules); before timing, the eval
 outputs are compared at every batch size. Calls alternate, ours then official, over the repetitions;
-the report gives medians and the ratio ours / official. Times are measured, never asserted.
+the report gives medians, the ratio ours / official of the medians and the median of the ratios of
+neighbouring calls (steadier on a machine whose speed drifts); a target counts as met when both are
+within it. Times are measured, never asserted.
 
     python bench/speed.py --official /path/to/DMD [--repeats 15] [--json-out speed.json]
     python bench/speed.py --official /path/to/DMD --device cuda --bf16
@@ -76,9 +78,12 @@ def _sync(device: torch.device) -> None:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                warmup: int, min_block_s: float) -> tuple[dict[str, float], int]:
-    """Median seconds per call of each function, timed in turn (A, B, A, B, ...), and the calls per
-    timed block: enough to last about `min_block_s`, judged from one call of the first function."""
+                warmup: int, min_block_s: float) -> tuple[dict[str, float], int, float]:
+    """Median seconds per call of each function, timed in turn (A, B, A, B, ...), the calls per
+    timed block (enough to last about `min_block_s`, judged from one call of the first function), and
+    the median over the repetitions of the first function's time over the second's within the same
+    repetition: on a machine whose speed drifts (a shared VM), neighbouring blocks see the same
+    conditions, so that median is steadier than the ratio of the two medians."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -98,7 +103,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torc
                 fn()
             _sync(device)
             times[name].append((time.perf_counter() - start) / inner)
-    return {name: statistics.median(values) for name, values in times.items()}, inner
+    first_times, second_times = list(times.values())[:2]
+    paired = statistics.median(a / b for a, b in zip(first_times, second_times))
+    return {name: statistics.median(values) for name, values in times.items()}, inner, paired
 
 
 def output_difference(ours: DMD, official: OfficialDMD, inputs: tuple,
@@ -187,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad(), autocast():
                 return official.forward(*inputs)
 
-        t, inner = interleaved({"ours": ours_forward, "official": official_forward}, args.repeats, device,
-                               warmup=3, min_block_s=0.05)
+        t, inner, paired = interleaved({"ours": ours_forward, "official": official_forward}, args.repeats,
+                                       device, warmup=3, min_block_s=0.05)
         report["forward"].append({
             "batch": b, "ours_ms": 1e3 * t["ours"], "official_ms": 1e3 * t["official"],
-            "ratio": t["ours"] / t["official"], "calls_per_block": inner, **equality(b),
+            "ratio": t["ours"] / t["official"], "paired_ratio": paired, "calls_per_block": inner, **equality(b),
         })
 
     ours.train()
@@ -228,16 +235,18 @@ def main(argv: list[str] | None = None) -> int:
             nn.utils.clip_grad_value_(official_params, clip)
             official_opt.step()
 
-        t, inner = interleaved({"ours": ours_step, "official": official_step}, args.repeats, device,
-                               warmup=2, min_block_s=0.0)
+        t, inner, paired = interleaved({"ours": ours_step, "official": official_step}, args.repeats, device,
+                                       warmup=2, min_block_s=0.0)
         report["train_step"].append({
             "batch": b, "ours_ms": 1e3 * t["ours"], "official_ms": 1e3 * t["official"],
-            "ratio": t["ours"] / t["official"], "calls_per_block": inner, **equality(b),
+            "ratio": t["ours"] / t["official"], "paired_ratio": paired, "calls_per_block": inner, **equality(b),
         })
 
+    # met only when both estimates of the ratio are within the target
     report["meets_targets"] = {
-        "forward": all(r["ratio"] <= TARGETS["forward_ratio"] for r in report["forward"]),
-        "train_step": all(r["ratio"] <= TARGETS["train_step_ratio"] for r in report["train_step"]),
+        "forward": all(max(r["ratio"], r["paired_ratio"]) <= TARGETS["forward_ratio"] for r in report["forward"]),
+        "train_step": all(max(r["ratio"], r["paired_ratio"]) <= TARGETS["train_step_ratio"]
+                          for r in report["train_step"]),
     }
     text = json.dumps(report, indent=1)
     print(text)
