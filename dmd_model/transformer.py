@@ -150,8 +150,8 @@ class EncoderStack(nn.Module):
         x = dropout(self._embed(queries), self.embed_dropout, training)  # (G, B, Lq, d)
         # Keys and values of crossmodal members are embedded once; in training each gets its own
         # embedding dropout, as the official code embeds x_in_k and x_in_v separately. They stay the
-        # same through the layers, so they are layer-normed here, once; each layer's norm affine is
-        # folded into its projection (see `_fold_norm`).
+        # same through the layers, so they are standardised here, once; each layer adds its own norm
+        # affine (folded into its projection when gradients are on, see `_StackedLayer.forward`).
         k_src = v_src = None
         if sources is not None:
             kv = self._embed(sources)
@@ -343,7 +343,7 @@ class _StackedLayer(nn.Module):
 _LOOP_TOKENS = 512
 
 
-# tokens per chunk of the inference feed-forward: its (chunk, 4d) hidden layer stays in a core's cache
+# tokens per chunk of the inference feed-forward (1024 and 4096 measured alike on the AMD EPYC)
 _FFN_CHUNK = 1024
 
 
@@ -358,9 +358,10 @@ def _feed_forward_chunked(x: Tensor, norm_w: Tensor, norm_b: Tensor, w1: Tensor,
                           b2: Tensor) -> Tensor:
     """x + fc2(relu(fc1(LN1(x)))) for each member, `_FFN_CHUNK` tokens at a time, written over x.
 
-    The whole hidden layer would be (tokens, 4d) per member, several MB that a CPU streams through
-    memory three times (the bias broadcast before the product, the product, the ReLU); in chunks it
-    stays in cache. Only for inference: x is a fresh tensor here and is overwritten.
+    Against the batched path this saves the separate affine pass (it is part of the layer norm), the
+    out-of-place ReLU and the residual addition (fc2 accumulates into x); the chunks bound the hidden
+    buffer, (chunk, 4d), which is reused. Only for inference: x is a fresh tensor here and is
+    overwritten.
     """
     G, B, L, d = x.shape
     x2 = x.view(G, B * L, d)
