@@ -10,7 +10,7 @@ products, so this module
 - computes the gradient by hand from the saved weights, in the same orientations, instead of
   letting autograd record a dozen small operations per chunk.
 Attention dropout keeps one probability per head row (members of a stack differ); its masks come
-from `dmd_model.dropout`, and its 1 / keep scale is applied to the (smaller) output. Only the leading
+from `dmd_model.dropout` as keep bits, and its 1 / keep scale is applied to the (smaller) output. Only the leading
 rows that have thresholds draw masks: a stack puts its members without attention dropout last, so
 they share the batched products of the others without paying for random numbers.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .dropout import keep_mask_rows
+from .dropout import apply_keep_bits, keep_bits_rows
 
 # score elements per chunk: 2 MB of float32, which stays in a core's cache
 CHUNK_ELEMENTS = 1 << 19
@@ -65,8 +65,7 @@ class _Attention(torch.autograd.Function):
         chunks = _chunks(n, m, max(1, CHUNK_ELEMENTS // (Lq * Lk)))
         save = any(ctx.needs_input_grad[:3])
         weights = q.new_empty(n, Lq, Lk) if save else None  # softmax output, for the backward
-        dropped = q.new_empty(m, Lq, Lk) if save and m else None
-        masks = torch.empty(m, Lq, Lk, dtype=torch.bool, device=q.device) if dropped is not None else None
+        dropped = q.new_empty(m, Lq, Lk) if save and m else None  # weights after dropout
         out = q.new_empty(n, hd, Lq)
         for i, j in chunks:
             kt = k[i:j].transpose(1, 2)
@@ -79,23 +78,21 @@ class _Attention(torch.autograd.Function):
             else:
                 p = torch._softmax(scores, -1, False, out=weights[i:j])
             if i < m:
-                mask = keep_mask_rows(p.shape, thresholds[i:j])  # type: ignore[index]
-                if masks is not None:
-                    masks[i:j] = mask
-                    p = torch.mul(p, mask, out=dropped[i:j])  # type: ignore[index]
-                else:
-                    p = p * mask
+                # the keep bits are only needed here: the backward recovers the mask's effect from
+                # the dropped-out weights (see `backward`), so no mask is kept
+                bits = keep_bits_rows(p.shape, thresholds[i:j])  # type: ignore[index]
+                p = apply_keep_bits(p, bits, out=None if dropped is None else dropped[i:j])
             torch.bmm(vt[i:j], p.transpose(1, 2), out=out[i:j])
         if row_scale is not None and m:
             out[:m].mul_(row_scale)
         if save:
-            ctx.save_for_backward(q, k, vt, weights, dropped, masks, row_scale)
+            ctx.save_for_backward(q, k, vt, weights, dropped, row_scale)
             ctx.scale, ctx.chunks, ctx.dropped_rows = scale, chunks, m
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        q, k, vt, weights, dropped, masks, row_scale = ctx.saved_tensors
+        q, k, vt, weights, dropped, row_scale = ctx.saved_tensors
         scale, m = ctx.scale, ctx.dropped_rows
         g_out = grad_out.contiguous()
         if row_scale is not None and m:
@@ -111,8 +108,13 @@ class _Attention(torch.autograd.Function):
             torch.bmm(go, dropped[i:j] if dropped_chunk else weights[i:j], out=g_vt[i:j])  # dV^T = dO^T P'
             g_p = torch.bmm(go.transpose(1, 2), vt[i:j])  # dP' = dO V^T: (c, Lq, Lk)
             if dropped_chunk:
-                g_p.mul_(masks[i:j])
-            g_s = torch._softmax_backward_data(g_p, weights[i:j], -1, g_p.dtype)
+                # softmax backward of the masked gradient, g = dP' * M:  dS = P * (g - rowsum(g * P)).
+                # P * M is the dropped-out P' (exactly: M is 0 or 1), so
+                # dS = P' * dP' - P * rowsum(P' * dP'), with no mask
+                g_s = g_p.mul_(dropped[i:j])
+                g_s.addcmul_(weights[i:j], g_s.sum(-1, keepdim=True), value=-1)
+            else:
+                g_s = torch._softmax_backward_data(g_p, weights[i:j], -1, g_p.dtype)
             # dQ^T = K^T dS^T and dK^T = Q^T dS, both with a wide output
             torch.baddbmm(g_qt[i:j], k[i:j].transpose(1, 2), g_s.transpose(1, 2), beta=0, alpha=scale,
                           out=g_qt[i:j])

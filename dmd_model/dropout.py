@@ -1,4 +1,4 @@
-"""Dropout whose masks are cheap to draw on a CPU.
+"""Dropout whose masks are cheap to draw and apply on a CPU.
 
 PyTorch's CPU dropout draws one Bernoulli sample per element from a sequential generator (about 13 ns
 an element on the 2-core machines here), and DMD drops out large tensors: attention weights of twelve
@@ -6,6 +6,13 @@ transformers, the embedded sequences, the text features. That made random number
 training step. Here one 64-bit draw gives four 16-bit uniforms, each compared with a threshold: the
 keep probability is rounded to a multiple of 1/65536 (p = 0.3 keeps with 0.699997 instead of 0.7),
 and kept values are scaled by the inverse of that rounded probability, so the expectation is exact.
+
+Masks never pass through bool tensors, whose comparisons and conversions to float run several times
+slower on a CPU than plain arithmetic: a mask is a word of "keep bits" per element, all ones (-1)
+to keep it and zero to drop it, made with integer arithmetic from the draws (the sign of
+draw - threshold - 1, spread over the word by an arithmetic shift), and applied as a bitwise and
+with the value's representation. A kept value is unchanged, a dropped one becomes +0.0 (a product
+with 0 would give -0.0 for a negative value and NaN for a NaN).
 On other devices `torch.nn.functional.dropout` is used unchanged.
 """
 
@@ -18,6 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _LEVELS = 1 << 16
+
+# an integer type of each floating-point width, to apply keep bits to a value's representation
+_WORD = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _uniform16(numel: int, device: torch.device) -> Tensor:
@@ -32,6 +42,40 @@ def keep_threshold(keep: float) -> int:
     return max(1, min(_LEVELS, round(keep * _LEVELS)))
 
 
+def _keep_bits(shape: torch.Size | tuple[int, ...], thresholds: Tensor | int, device: torch.device) -> Tensor:
+    """int32 keep bits of `shape` from fresh draws: -1 where draw <= threshold, else 0."""
+    bits = _uniform16(math.prod(shape), device).view(shape).to(torch.int32)
+    limit = thresholds + 1 if isinstance(thresholds, int) else thresholds.to(torch.int32) + 1
+    # draw <= t  <=>  draw - (t + 1) < 0 (no overflow in int32); >> 31 spreads the sign bit
+    return bits.sub_(limit).bitwise_right_shift_(31)
+
+
+def apply_keep_bits(x: Tensor, bits: Tensor, out: Tensor | None = None) -> Tensor:
+    """x where `bits` is -1 and +0.0 where it is 0 (bits broadcast to x; x floating point)."""
+    word = _WORD[x.element_size()]
+    if bits.dtype != word:
+        bits = bits.to(word)
+    if out is None:
+        return torch.bitwise_and(x.view(word), bits).view(x.dtype)
+    torch.bitwise_and(x.view(word), bits, out=out.view(word))
+    return out
+
+
+class _Dropout(torch.autograd.Function):
+    """(x with the dropped elements zeroed) * scale; the gradient goes through the same keep bits."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bits: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(bits)
+        ctx.scale = scale
+        return apply_keep_bits(x, bits).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (bits,) = ctx.saved_tensors
+        return apply_keep_bits(grad, bits).mul_(ctx.scale), None, None
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """Inverted dropout with probability p (see the module docstring)."""
     if not training or p <= 0.0:
@@ -43,10 +87,11 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     thr = keep_threshold(1.0 - p)
     if thr == _LEVELS:
         return x
-    # int16 draws against an int16 threshold (no converting copy); a product with the bool mask is
-    # several times cheaper than where() on a CPU, forward and backward
-    mask = _uniform16(x.numel(), x.device).view(x.shape) < (thr - _LEVELS // 2)
-    return (x * mask).mul_(_LEVELS / thr)
+    bits = _keep_bits(x.shape, thr - 1 - _LEVELS // 2, x.device)
+    scale = _LEVELS / thr
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Dropout.apply(x, bits, scale)
+    return apply_keep_bits(x, bits).mul_(scale)
 
 
 def row_thresholds(keep: list[float], repeat: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -59,7 +104,13 @@ def row_thresholds(keep: list[float], repeat: int, device: torch.device) -> tupl
     return thresholds, _LEVELS / levels.to(torch.float32)
 
 
-def keep_mask_rows(shape: torch.Size | tuple[int, ...], thresholds: Tensor) -> Tensor:
-    """Bool keep mask of `shape` with one int16 threshold per leading row."""
+def keep_bits_rows(shape: torch.Size | tuple[int, ...], thresholds: Tensor) -> Tensor:
+    """int32 keep bits (-1 keeps, 0 drops) of `shape` with one int16 threshold per leading row."""
     view = (shape[0], *([1] * (len(shape) - 1)))
-    return _uniform16(math.prod(shape), thresholds.device).view(shape) <= thresholds.view(view)
+    return _keep_bits(shape, thresholds.view(view), thresholds.device)
+
+
+def keep_mask_rows(shape: torch.Size | tuple[int, ...], thresholds: Tensor) -> Tensor:
+    """Bool keep mask of `shape` with one int16 threshold per leading row (the same draws as
+    `keep_bits_rows`)."""
+    return keep_bits_rows(shape, thresholds) != 0

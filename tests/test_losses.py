@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dmd_model.config import GraphDistillConfig, LossConfig, ModelConfig
-from dmd_model.dropout import dropout, keep_mask_rows, keep_threshold, row_thresholds
+from dmd_model.dropout import apply_keep_bits, dropout, keep_bits_rows, keep_mask_rows, keep_threshold, row_thresholds
 from dmd_model.graph_distill import GraphDistillation
 from dmd_model.losses import dmd_loss, margin_loss, margin_loss_reference, orthogonality_loss
 from dmd_model.network import DMD
@@ -341,6 +341,44 @@ def test_dropout_gradient_uses_the_same_mask():
     y = dropout(x, 0.3)
     y.sum().backward()
     assert torch.equal(x.grad == 0, y == 0)
+    # kept elements pass the gradient scaled as their values were
+    assert x.grad.unique().tolist() == [0.0, pytest.approx(65536 / keep_threshold(0.7), rel=1e-6)]
+
+
+def test_dropout_without_gradients_draws_the_same_mask_as_with_them():
+    x = torch.randn(4096, requires_grad=True)
+    torch.manual_seed(4)
+    with_grad = dropout(x, 0.4)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        without = dropout(x, 0.4)
+    assert with_grad.requires_grad and not without.requires_grad
+    assert torch.equal(with_grad.detach(), without)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_keep_bits_keep_values_exactly_and_zero_the_rest(dtype):
+    x = torch.tensor([[-1.5, 2.0, float("nan"), -0.0], [3.0, -4.0, float("inf"), 5.0]], dtype=dtype)
+    bits = torch.tensor([[-1, 0, 0, -1], [-1, -1, 0, 0]], dtype=torch.int32)
+    got = apply_keep_bits(x, bits)
+    assert got.dtype == dtype
+    want = torch.tensor([[-1.5, 0.0, 0.0, -0.0], [3.0, -4.0, 0.0, 0.0]], dtype=dtype)
+    assert torch.equal(got, want)
+    # a dropped element is +0.0, not the -0.0 or NaN a product with zero would give
+    assert torch.equal(torch.signbit(got), torch.tensor([[True, False, False, True], [False, True, False, False]]))
+    out = torch.empty_like(x)
+    assert apply_keep_bits(x, bits, out=out) is out and torch.equal(out, want)
+
+
+def test_keep_bits_are_all_ones_or_zero_and_match_the_bool_mask():
+    thresholds, _ = row_thresholds([0.8, 0.3], repeat=1, device=torch.device("cpu"))
+    torch.manual_seed(6)
+    bits = keep_bits_rows((2, 64, 64), thresholds)
+    torch.manual_seed(6)
+    mask = keep_mask_rows((2, 64, 64), thresholds)
+    assert bits.dtype == torch.int32
+    assert set(bits.unique().tolist()) == {-1, 0}
+    assert torch.equal(bits == -1, mask)
 
 
 def test_keep_threshold_rounds_to_a_16_bit_level():
