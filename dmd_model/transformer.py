@@ -251,6 +251,8 @@ class _StackedLayer(nn.Module):
         tokens = B * L
         x2 = x.reshape(G, tokens, -1)
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        if grad and _per_member_training(x, G, tokens):
+            return _PerMemberLinear.apply(x2, weight, bias).view(G, B, L, -1)
         if tokens < _LOOP_TOKENS or G == 1 or grad or torch.is_autocast_enabled(x.device.type):
             return torch.baddbmm(bias.unsqueeze(1), x2, weight.transpose(1, 2)).view(G, B, L, -1)
         out = x.new_empty(G, tokens, weight.shape[1])
@@ -341,6 +343,45 @@ class _StackedLayer(nn.Module):
 
 # tokens per member from which a per-member GEMM beats one batched GEMM (measured on CPU)
 _LOOP_TOKENS = 512
+
+
+def _per_member_training(x: Tensor, members: int, tokens: int) -> bool:
+    """Whether a training-time projection runs as one GEMM per member (`_PerMemberLinear`).
+
+    A batched CPU GEMM shares its threads out over the members, so a member count that is not a
+    multiple of the thread count leaves threads idle for part of it (3 members on 2 threads: one
+    thread does two); one GEMM per member keeps every thread on each.
+    """
+    return (x.device.type == "cpu" and members > 1 and members % torch.get_num_threads() != 0
+            and tokens >= _LOOP_TOKENS and not torch.is_autocast_enabled("cpu"))
+
+
+class _PerMemberLinear(torch.autograd.Function):
+    """x (G, T, in) times weight (G, out, in) transposed, plus bias (G, out): one GEMM per member,
+    forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        G, T, _ = x.shape
+        out = x.new_empty(G, T, weight.shape[1])
+        for g in range(G):
+            torch.addmm(bias[g], x[g], weight[g].t(), out=out[g])
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g_x = None
+        if need_x:
+            g_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+            for g in range(x.shape[0]):
+                torch.mm(grad[g], weight[g], out=g_x[g])  # (T, out) (out, in)
+        # the weight gradient's reduction over the tokens runs as fast batched as per member
+        g_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None  # (G, out, T) (G, T, in)
+        return g_x, g_w, grad.sum(1) if need_b else None
 
 
 # tokens per chunk of the inference feed-forward (1024 and 4096 measured alike on the AMD EPYC)
