@@ -426,6 +426,49 @@ def test_inference_feed_forward_in_chunks_equals_the_batched_products(monkeypatc
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_per_member_projection_equals_the_batched_product_forward_and_backward():
+    torch.manual_seed(10)
+    x = torch.randn(3, 40, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    got = transformer._PerMemberLinear.apply(x, weight, bias)
+    want = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    torch.testing.assert_close(got, want)
+    g_out = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (x, weight, bias), g_out),
+                    torch.autograd.grad(want, (x, weight, bias), g_out)):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_member_projections_only_where_threads_would_idle(monkeypatch):
+    x = torch.zeros(1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert transformer._per_member_training(x, members=3, tokens=1024)
+    assert not transformer._per_member_training(x, members=6, tokens=1024)  # 3 members per thread
+    assert not transformer._per_member_training(x, members=3, tokens=64)  # too few tokens to pay
+    assert not transformer._per_member_training(x, members=1, tokens=1024)
+
+
+def test_a_stack_trains_alike_with_per_member_and_batched_projections(monkeypatch):
+    stack = make_stack(3)
+    stack.train()
+    torch.manual_seed(12)
+    queries = [torch.randn(64, 8, 12) for _ in range(3)]
+    sources = [torch.randn(64, 8, 12), None, torch.randn(64, 8, 12)]
+
+    def run(per_member: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        monkeypatch.setattr(transformer, "_per_member_training", lambda *a: per_member)
+        stack.zero_grad()
+        torch.manual_seed(13)  # the same dropout masks in both runs
+        outs = stack(queries, sources)
+        sum(o.square().sum() for o in outs).backward()
+        return [o.detach() for o in outs], [p.grad.clone() for p in stack.parameters()]
+
+    (out_a, grad_a), (out_b, grad_b) = run(True), run(False)
+    for a, b in zip(out_a + grad_a, out_b + grad_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_steps_whose_first_channel_is_zero_get_no_position_embedding():
     stack = make_stack(1)
     x = torch.randn(1, 1, 4, 12)
