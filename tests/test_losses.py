@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from dmd_model.config import GraphDistillConfig, LossConfig, ModelConfig
-from dmd_model.dropout import apply_keep_bits, dropout, keep_bits_rows, keep_mask_rows, keep_threshold, row_thresholds
+from dmd_model.dropout import (
+    _uniform16,
+    apply_keep_bits,
+    dropout,
+    keep_bits_rows,
+    keep_mask_rows,
+    keep_threshold,
+    row_thresholds,
+    splitmix64,
+)
 from dmd_model.graph_distill import GraphDistillation
 from dmd_model.losses import dmd_loss, margin_loss, margin_loss_reference, orthogonality_loss
 from dmd_model.network import DMD
@@ -379,6 +388,46 @@ def test_keep_bits_are_all_ones_or_zero_and_match_the_bool_mask():
     assert bits.dtype == torch.int32
     assert set(bits.unique().tolist()) == {-1, 0}
     assert torch.equal(bits == -1, mask)
+
+
+def _splitmix64_reference(seed: int, count: int) -> list[int]:
+    """SplitMix64 in plain Python integers, as published (Steele, Lea, Flood 2014)."""
+    mask, state, out = (1 << 64) - 1, seed & ((1 << 64) - 1), []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1234567, -(1 << 63), (1 << 63) - 1, -42])
+def test_splitmix64_equals_the_published_generator_bit_for_bit(seed):
+    got = [v & ((1 << 64) - 1) for v in splitmix64(seed, 3000).tolist()]
+    assert got == _splitmix64_reference(seed, 3000)
+
+
+def test_splitmix64_known_first_output():
+    # the first output from state 0, as in the reference C code's test vectors
+    assert splitmix64(0, 1).item() & ((1 << 64) - 1) == 0xE220A8397B1DCDAF
+
+
+def test_uniform16_draws_are_uniform_and_follow_the_global_seed():
+    torch.manual_seed(21)
+    a = _uniform16(1 << 20, torch.device("cpu"))
+    torch.manual_seed(21)
+    b = _uniform16(1 << 20, torch.device("cpu"))
+    c = _uniform16(1 << 20, torch.device("cpu"))
+    assert torch.equal(a, b) and not torch.equal(b, c)
+    # each byte value about equally often (chi-square with 255 degrees of freedom), and the four
+    # 16-bit fields of a word do not move together
+    counts = torch.bincount(a.view(torch.uint8).long(), minlength=256).double()
+    chi2 = ((counts - counts.mean()) ** 2 / counts.mean()).sum().item()
+    assert chi2 < 350, chi2  # p about 1e-4 for a uniform source
+    fields = a.view(-1, 4).double()
+    corr = torch.corrcoef(fields.T)
+    assert (corr - torch.eye(4, dtype=torch.float64)).abs().max() < 0.01
 
 
 def test_keep_threshold_rounds_to_a_16_bit_level():
