@@ -127,9 +127,6 @@ class EncoderStack(nn.Module):
             groups.setdefault(key, []).append(g)
         outputs: list[Tensor | None] = [None] * self.members
         for (_, k_len, last_g), idx in groups.items():
-            if self.training:
-                # members with attention dropout first: only their rows draw random masks
-                idx.sort(key=lambda g: self._attn_dropout_list[g] <= 0)
             q = torch.stack([queries[g] for g in idx])
             kv = None if k_len is None else torch.stack([sources[g] for g in idx])  # type: ignore[misc]
             for g, out in zip(idx, self._run_group(idx, q, kv, last_g).unbind(0)):
@@ -138,11 +135,9 @@ class EncoderStack(nn.Module):
 
     def _select(self, param: Tensor, idx: list[int]) -> Tensor:
         """The rows of a stacked parameter for the members idx, in that order (a view when they are
-        a contiguous run)."""
+        a contiguous run, as every group of DMD's stacks is)."""
         if idx == list(range(idx[0], idx[0] + len(idx))):
             return param if len(idx) == self.members else param[idx[0]: idx[0] + len(idx)]
-        if torch.is_grad_enabled() and param.requires_grad:
-            return _Gather.apply(param, idx)
         return param[idx]
 
     def _run_group(self, idx: list[int], queries: Tensor, sources: Tensor | None, last_only: bool) -> Tensor:
@@ -168,24 +163,6 @@ class EncoderStack(nn.Module):
         for n, layer in enumerate(self.layers):
             x = layer(self, idx, x, k_src, v_src, mask, p_attn, last_only and n == final)
         return _norm(x, self._select(self.norm_weight, idx), self._select(self.norm_bias, idx))
-
-
-class _Gather(torch.autograd.Function):
-    """param[idx] for distinct member indices. When idx holds every member, the gradient is written
-    into an uninitialised tensor (indexing's own backward first fills a zero tensor)."""
-
-    @staticmethod
-    def forward(ctx, param: Tensor, idx: list[int]) -> Tensor:  # type: ignore[override]
-        index = torch.tensor(idx, device=param.device)
-        ctx.save_for_backward(index)
-        ctx.shape = param.shape
-        return param.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        full = grad.new_empty if index.numel() == ctx.shape[0] else grad.new_zeros
-        return full(ctx.shape).index_copy_(0, index, grad.contiguous()), None
 
 
 def _standardise(x: Tensor) -> Tensor:
@@ -329,14 +306,22 @@ class _StackedLayer(nn.Module):
         if mask is not None:
             bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
         thresholds = row_scale = None
+        ranges: list[tuple[int, int]] = []
         dropping = [p for p in p_attn if p > 0] if training else []
         if dropping:
-            if p_attn[: len(dropping)] != dropping:
-                raise ValueError(f"members with attention dropout must come first in a group, got {p_attn}")
-            # attention dropout differs between members: one keep threshold per (member, item, head)
-            thresholds, row_scale = row_thresholds([1.0 - p for p in dropping], B * h, q.device)
+            # attention dropout differs between members: one keep threshold per (member, item, head),
+            # for the rows of the members that have it (the others draw no masks)
+            rows = B * h
+            for g, p in enumerate(p_attn):
+                if p <= 0:
+                    continue
+                if ranges and ranges[-1][1] == g * rows:
+                    ranges[-1] = (ranges[-1][0], (g + 1) * rows)
+                else:
+                    ranges.append((g * rows, (g + 1) * rows))
+            thresholds, row_scale = row_thresholds([1.0 - p for p in dropping], rows, q.device)
             row_scale = row_scale.to(q.dtype).view(-1, 1, 1)
-        out = attention(q, k, vt, bias, hd ** -0.5, thresholds, row_scale)
+        out = attention(q, k, vt, bias, hd ** -0.5, thresholds, row_scale, ranges)
         # (G*B*h, hd, Lq) -> (G, B, Lq, h*hd)
         return out.view(G * B, h, hd, Lq).permute(0, 3, 1, 2).reshape(G, B, Lq, d)
 

@@ -361,10 +361,11 @@ def test_gradients_of_grouped_members_equal_those_of_members_run_alone():
             torch.testing.assert_close(params[name].grad[g: g + 1], p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("members", [3, 4], ids=["every_member_reordered", "some_members_reordered"])
-def test_members_reordered_for_attention_dropout_keep_their_outputs_and_gradients(members):
+@pytest.mark.parametrize("members", [3, 4], ids=["three_members", "four_members"])
+def test_members_with_and_without_attention_dropout_in_one_group_keep_their_outputs_and_gradients(members):
     # p = 1e-9 keeps every weight (its 16-bit threshold is all levels) but still counts as attention
-    # dropout, so in training the group runs as [1, 0, 2]: outputs and gradients must not notice
+    # dropout, so in training member 1's rows, between the others', draw masks: outputs and gradients
+    # must not notice
     stack = make_stack(members, attn_dropout=[0.0, 1e-9, 0.0, 0.0][:members]).train()
     torch.manual_seed(10)
     queries = [torch.randn(2, 6, 12) for _ in range(members)]
@@ -602,6 +603,51 @@ def test_attention_dropout_on_the_leading_rows_leaves_the_other_rows_untouched()
     torch.testing.assert_close(out, want)
     for got, expected in zip(torch.autograd.grad(out, (q, k, vt), g_out), torch.autograd.grad(want, (q, k, vt), g_out)):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("ranges", [[(2, 4)], [(0, 1), (3, 5)], [(4, 6)]], ids=["middle", "two", "last"])
+def test_attention_dropout_on_row_ranges_leaves_the_other_rows_untouched(ranges, monkeypatch):
+    monkeypatch.setattr(attention_module, "CHUNK_ELEMENTS", 3 * LQ * LK)  # chunks of three heads
+    rows = sum(e - s for s, e in ranges)
+    thresholds, row_scale = row_thresholds([0.6], repeat=rows, device=torch.device("cpu"))
+    chunks = attention_module._chunks(N, ranges, 3)
+    # the masks are drawn chunk by chunk, in order, for the chunks inside the ranges
+    torch.manual_seed(14)
+    drawn = {i: keep_mask_rows((j - i, LQ, LK), thresholds[o: o + j - i]) for i, j, o in chunks if o >= 0}
+    assert 0 < torch.cat(list(drawn.values())).float().mean() < 1
+    mask = torch.ones(N, LQ, LK, dtype=torch.float64)
+    full_scale = torch.ones(N, 1, 1, dtype=torch.float64)
+    for i, j, o in chunks:
+        if o >= 0:
+            mask[i:j] = drawn[i].to(torch.float64)
+            full_scale[i:j] = row_scale[o: o + j - i].to(torch.float64).view(-1, 1, 1)
+    q, k, vt = attention_inputs(6)
+    scale = HD ** -0.5
+    g_out = torch.randn(N, HD, LQ, dtype=torch.float64)
+    torch.manual_seed(14)
+    out = attention(q, k, vt, causal_bias(), scale, thresholds, row_scale.to(torch.float64).view(-1, 1, 1), ranges)
+    want = reference_attention(q, k, vt, causal_bias(), scale, mask, full_scale)
+    torch.testing.assert_close(out, want)
+    for got, expected in zip(torch.autograd.grad(out, (q, k, vt), g_out), torch.autograd.grad(want, (q, k, vt), g_out)):
+        torch.testing.assert_close(got, expected)
+
+
+def test_attention_chunks_never_straddle_a_dropout_range():
+    assert attention_module._chunks(10, [(2, 7)], 4) == [(0, 2, -1), (2, 6, 0), (6, 7, 4), (7, 10, -1)]
+    assert attention_module._chunks(6, [(0, 2), (4, 6)], 8) == [(0, 2, 0), (2, 4, -1), (4, 6, 2)]
+    assert attention_module._chunks(4, [], 3) == [(0, 3, -1), (3, 4, -1)]
+
+
+def test_attention_rejects_dropout_ranges_that_do_not_fit_the_thresholds():
+    q, k, vt = attention_inputs(7)
+    thresholds, row_scale = row_thresholds([0.5], repeat=2, device=torch.device("cpu"))
+    row_scale = row_scale.to(torch.float64).view(-1, 1, 1)
+    with pytest.raises(ValueError, match="2 dropout thresholds for 3 rows"):
+        attention(q, k, vt, None, 1.0, thresholds, row_scale, [(1, 4)])
+    with pytest.raises(ValueError, match=r"sorted, disjoint and within 0\.\.6"):
+        attention(q, k, vt, None, 1.0, thresholds, row_scale, [(3, 4), (1, 2)])
+    with pytest.raises(ValueError, match=r"sorted, disjoint and within 0\.\.6"):
+        attention(q, k, vt, None, 1.0, thresholds, row_scale, [(5, 7)])
 
 
 def test_attention_dropout_scales_kept_weights_by_the_inverse_keep_rate():
