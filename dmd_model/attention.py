@@ -130,8 +130,8 @@ class _Attention(torch.autograd.Function):
         g_vt = torch.empty_like(vt)
         for i, j, o in ctx.chunks:
             go = g_out[i:j]  # (c, hd, Lq)
-            dropped_chunk = o >= 0 and dropped is not None
-            if o >= 0 and row_scale is not None:
+            dropped_chunk = o >= 0  # `dropped` holds these rows: the forward saved it
+            if dropped_chunk and row_scale is not None:
                 go = go * row_scale[o: o + j - i]
             p_used = dropped[o: o + j - i] if dropped_chunk else weights[i:j]
             torch.bmm(go, p_used, out=g_vt[i:j])  # dV^T = dO^T P'

@@ -127,10 +127,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if thr == _LEVELS:
         return x
     bits = _keep_bits(x.shape, thr - 1 - _LEVELS // 2, x.device)
-    scale = _LEVELS / thr
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _Dropout.apply(x, bits, scale)
-    return apply_keep_bits(x, bits).mul_(scale)
+    return _Dropout.apply(x, bits, _LEVELS / thr)  # records no graph where x needs no gradient
 
 
 def row_thresholds(keep: list[float], repeat: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -221,8 +221,9 @@ class _StackedLayer(nn.Module):
     def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """x (G, B, L, in) times per-member weight (G, out, in) plus bias (G, out).
 
-        Few tokens, or training: one batched product. Many tokens without gradients: one GEMM per
-        member written in place, which on a CPU is faster than the batched GEMM.
+        Few tokens, or training: one batched product. Many tokens without gradients, or in training
+        a member count that leaves threads idle (`_per_member_training`): one GEMM per member written
+        in place, which on a CPU is faster than the batched GEMM.
         """
         G, B, L, _ = x.shape
         tokens = B * L
@@ -232,10 +233,7 @@ class _StackedLayer(nn.Module):
             return _PerMemberLinear.apply(x2, weight, bias).view(G, B, L, -1)
         if tokens < _LOOP_TOKENS or G == 1 or grad or torch.is_autocast_enabled(x.device.type):
             return torch.baddbmm(bias.unsqueeze(1), x2, weight.transpose(1, 2)).view(G, B, L, -1)
-        out = x.new_empty(G, tokens, weight.shape[1])
-        for g in range(G):
-            torch.addmm(bias[g], x2[g], weight[g].t(), out=out[g])
-        return out.view(G, B, L, -1)
+        return _addmm_per_member(x2, weight, bias).view(G, B, L, -1)
 
     def forward(self, stack: EncoderStack, idx: list[int], x: Tensor, k_src: Tensor | None,
                 v_src: Tensor | None, mask: Tensor | None, p_attn: list[float], last_only: bool) -> Tensor:
@@ -341,18 +339,22 @@ def _per_member_training(x: Tensor, members: int, tokens: int) -> bool:
             and tokens >= _LOOP_TOKENS and not torch.is_autocast_enabled("cpu"))
 
 
+def _addmm_per_member(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x (G, T, in) times weight (G, out, in) transposed, plus bias (G, out), one GEMM per member."""
+    out = x.new_empty(x.shape[0], x.shape[1], weight.shape[1])
+    for g in range(x.shape[0]):
+        torch.addmm(bias[g], x[g], weight[g].t(), out=out[g])
+    return out
+
+
 class _PerMemberLinear(torch.autograd.Function):
     """x (G, T, in) times weight (G, out, in) transposed, plus bias (G, out): one GEMM per member,
     forward and backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        G, T, _ = x.shape
-        out = x.new_empty(G, T, weight.shape[1])
-        for g in range(G):
-            torch.addmm(bias[g], x[g], weight[g].t(), out=out[g])
         ctx.save_for_backward(x, weight)
-        return out
+        return _addmm_per_member(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
