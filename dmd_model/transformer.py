@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .attention import attention
 from .dropout import dropout, row_thresholds
 
@@ -158,10 +159,11 @@ class EncoderStack(nn.Module):
         q_len = x.shape[2]
         k_len = q_len if sources is None else sources.shape[2]
         mask = allowed_positions(q_len, k_len, x.device) if self.causal else None
+        shift = abs(k_len - q_len) if self.causal else None  # the same mask for the fused kernel
         p_attn = [self._attn_dropout_list[g] for g in idx]
         final = len(self.layers) - 1
         for n, layer in enumerate(self.layers):
-            x = layer(self, idx, x, k_src, v_src, mask, p_attn, last_only and n == final)
+            x = layer(self, idx, x, k_src, v_src, mask, shift, p_attn, last_only and n == final)
         return _norm(x, self._select(self.norm_weight, idx), self._select(self.norm_bias, idx))
 
 
@@ -236,7 +238,8 @@ class _StackedLayer(nn.Module):
         return _addmm_per_member(x2, weight, bias).view(G, B, L, -1)
 
     def forward(self, stack: EncoderStack, idx: list[int], x: Tensor, k_src: Tensor | None,
-                v_src: Tensor | None, mask: Tensor | None, p_attn: list[float], last_only: bool) -> Tensor:
+                v_src: Tensor | None, mask: Tensor | None, shift: int | None, p_attn: list[float],
+                last_only: bool) -> Tensor:
         sel = stack._select
         d = x.shape[-1]
         training = stack.training
@@ -255,6 +258,7 @@ class _StackedLayer(nn.Module):
         h = norm0(_standardise(x))
         hq = h
         if last_only:
+            shift = None if shift is None else shift + x.shape[2] - 1  # the query is the last row
             x, hq = x[:, :, -1:], h[:, :, -1:]
             mask = None if mask is None else mask[-1:]
         if k_src is None and not last_only:
@@ -269,7 +273,7 @@ class _StackedLayer(nn.Module):
             else:
                 k = self._linear(norm0(k_src), w_in[:, d:2 * d], b_in[:, d:2 * d])
                 v = self._linear(norm0(v_src), w_in[:, 2 * d:], b_in[:, 2 * d:])  # type: ignore[arg-type]
-        attn = self._attention(stack, q, k, v, mask, p_attn, training)
+        attn = self._attention(stack, q, k, v, mask, shift, p_attn, training)
         attn = self._linear(attn, sel(self.out_proj_weight, idx), sel(self.out_proj_bias, idx))
         x = x + dropout(attn, stack.res_dropout, training)
 
@@ -289,13 +293,17 @@ class _StackedLayer(nn.Module):
 
     @staticmethod
     def _attention(stack: EncoderStack, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                   p_attn: list[float], training: bool) -> Tensor:
-        """Multi-head attention over all members, batch items and heads at once (see
-        `dmd_model.attention` for why it is shaped this way)."""
+                   shift: int | None, p_attn: list[float], training: bool) -> Tensor:
+        """Multi-head attention over all members, batch items and heads at once: on a CPU the fused
+        kernel of `dmd_model.native` where it is built, else `dmd_model.attention` (see there for why
+        it is shaped this way). `mask` and `shift` describe the same causal mask (key j visible to
+        query i when j <= i + shift)."""
         G, B, Lq, d = q.shape
         Lk = k.shape[2]
         h, hd = stack.num_heads, stack.head_dim
         n = G * B * h
+        if native.usable(q, hd):
+            return _fused_attention(q, k, v, h, hd, shift, p_attn if training else [])
         # (G, B, L, h*hd) -> (G*B*h, L, hd); values transposed, (G*B*h, hd, L)
         q = q.reshape(G * B, Lq, h, hd).transpose(1, 2).reshape(n, Lq, hd)
         k = k.reshape(G * B, Lk, h, hd).transpose(1, 2).reshape(n, Lk, hd)
@@ -322,6 +330,20 @@ class _StackedLayer(nn.Module):
         out = attention(q, k, vt, bias, hd ** -0.5, thresholds, row_scale, ranges)
         # (G*B*h, hd, Lq) -> (G, B, Lq, h*hd)
         return out.view(G * B, h, hd, Lq).permute(0, 3, 1, 2).reshape(G, B, Lq, d)
+
+
+def _fused_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, head_dim: int, shift: int | None,
+                     p_attn: list[float]) -> Tensor:
+    """`_StackedLayer._attention` through the fused CPU kernel: q, k, v (G, B, L, d) are read in place;
+    p_attn, one attention dropout per member (empty: none)."""
+    G, B, Lq, d = q.shape
+    thresholds = row_scale = None
+    if any(p > 0 for p in p_attn):
+        thresholds, row_scale = row_thresholds([1.0 - p for p in p_attn], B * heads, q.device)
+        thresholds = thresholds.to(torch.int32)
+    out = native.FusedAttention.apply(q.reshape(G * B, Lq, d), k.reshape(G * B, -1, d), v.reshape(G * B, -1, d),
+                                      heads, head_dim ** -0.5, shift, thresholds, row_scale)
+    return out.view(G, B, Lq, d)
 
 
 # tokens per member from which a per-member GEMM beats one batched GEMM (measured on CPU)
