@@ -1,4 +1,4 @@
-"""The fused CPU attention kernel (`native/attention.cpp`): built at first use, loaded with ctypes.
+"""The fused CPU attention kernel (`csrc/attention.cpp`): built at first use, loaded with ctypes.
 
 DMD's attention heads are 5 or 10 channels wide and about 50 steps long. Composed of PyTorch operations,
 each head writes its (L, L) scores, weights and dropout mask to memory and reads them back several
@@ -33,7 +33,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("native") / "attention.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "attention.cpp"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread")
 OPENMP = ("-fopenmp",)  # added when the compiler takes it: threads from the OpenMP runtime PyTorch loaded
 BUILD_TIMEOUT_S = 300

@@ -1,5 +1,6 @@
-"""The fused CPU attention kernel (dmd_model/native): built here with the machine's compiler and checked
-against a float64 reference, forward and backward, with and without causal masks and dropout."""
+"""The fused CPU attention kernel (dmd_model/native.py, dmd_model/csrc): built here with the machine's
+compiler and checked against a float64 reference, forward and backward, with and without causal masks
+and dropout."""
 
 from __future__ import annotations
 
