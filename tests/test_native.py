@@ -223,3 +223,14 @@ def test_compiler_errors_are_reported(monkeypatch, tmp_path):
     with pytest.raises(native.NativeBuildError, match=r"failed to build attention\.cpp"):
         native.build(cxx=shutil.which("g++"), directory=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.so")) and not list((tmp_path / "cache").glob("*.tmp"))
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="needs a C++ compiler")
+def test_fresh_build_is_cached_and_loads(tmp_path):
+    first = native.build(directory=tmp_path)
+    assert first.parent == tmp_path and first.suffix == ".so"
+    stamp = first.stat().st_mtime_ns
+    assert native.build(directory=tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    lib = native._load(first)
+    assert lib.dmd_attention_max_head_dim() == 64
+    assert not list(tmp_path.glob("*.tmp"))
