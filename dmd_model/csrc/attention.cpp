@@ -8,8 +8,9 @@
 // head-major layout.
 //
 // Built at first use by dmd_model/native.py with the machine's C++ compiler (-O3 -march=native) and
-// loaded with ctypes. Vectors are GCC/Clang vector extensions of 16 floats (one AVX-512 register,
-// two AVX2 ones); keys are processed in blocks of 16, padded with zeros and masked.
+// loaded with ctypes. Vectors are GCC/Clang vector extensions as wide as one register of the target
+// (16 floats with AVX-512, 8 with AVX, else 4); keys and query rows go in blocks of that many lanes,
+// padded and masked.
 
 #include <algorithm>
 #include <cmath>
@@ -20,7 +21,16 @@
 
 namespace {
 
-constexpr int W = 16;  // lanes per vector
+// lanes per vector: one register of the widest vector unit the compiler targets (a wider GCC vector
+// type than the unit would be split through the stack, several times slower)
+#if defined(__AVX512F__)
+#define DMD_LANES 16
+#elif defined(__AVX__)
+#define DMD_LANES 8
+#else
+#define DMD_LANES 4
+#endif
+constexpr int W = DMD_LANES;
 typedef float vf __attribute__((vector_size(W * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 constexpr int MAX_D = 64;  // widest head handled (DMD's are 5 and 10 channels)
@@ -28,26 +38,40 @@ constexpr int MAX_D = 64;  // widest head handled (DMD's are 5 and 10 channels)
 inline vf splat(float x) { return vf{} + x; }
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-// horizontal sum and max in four shuffle steps
-inline float hsum(vf v) {
-    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-    return v[0];
-}
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-inline float hmax(vf v) {
-    v = vmax(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-    v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
-    v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-    v = vmax(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+
+// horizontal sum and max: halve the vector with shuffles until one lane is left
+#if DMD_LANES == 16
+#define DMD_HALVES(op)                                                                               \
+    v = op(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)); \
+    v = op(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)); \
+    v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)); \
+    v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+inline vi lanes() { return vi{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
+#elif DMD_LANES == 8
+#define DMD_HALVES(op)                                                    \
+    v = op(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3)); \
+    v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5)); \
+    v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+inline vi lanes() { return vi{0, 1, 2, 3, 4, 5, 6, 7}; }
+#else
+#define DMD_HALVES(op)                                        \
+    v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1)); \
+    v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2));
+inline vi lanes() { return vi{0, 1, 2, 3}; }
+#endif
+inline vf vadd(vf a, vf b) { return a + b; }
+inline float hsum(vf v) {
+    DMD_HALVES(vadd)
     return v[0];
 }
-inline vi lanes() { return vi{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
+inline float hmax(vf v) {
+    DMD_HALVES(vmax)
+    return v[0];
+}
 inline vf select(vi mask, vf a, vf b) { return mask ? a : b; }  // lane-wise a where mask != 0
 
-// lanes of block `start` (keys start..start+15) that are below `limit`
+// lanes of the block of keys from `start` that are below `limit`
 inline vi below(int64_t start, int64_t limit) { return lanes() < static_cast<int32_t>(limit - start); }
 
 // exp(x) for x <= 0 (after the row maximum is subtracted): Cody-Waite reduction x = n ln2 + r,
@@ -74,7 +98,7 @@ inline vf exp_nonpositive(vf x) {
     return select(tiny, vf{}, p * two_n);
 }
 
-// Keep lanes for 16 dropout draws: element `index[l]` of a stream draws the top 16 bits of the
+// Keep lanes for a vector of dropout draws: element `index[l]` of a stream draws the top 16 bits of the
 // SplitMix64 output for counter index + 1, as a signed value in [-32768, 32767], and is kept when
 // draw <= threshold.
 inline int32_t draw16(uint64_t seed, uint64_t index) {
@@ -150,7 +174,7 @@ struct Problem {
     float rscale(int64_t n) const { return row_scale ? row_scale[n] : 1.0f; }
 };
 
-// scores of the (scaled) query row against keys [0, lim), blocks of 16, -inf past lim; returns the max
+// scores of the (scaled) query row against keys [0, lim), blocks of W, -inf past lim; returns the max
 inline float scores_row(const float* qi, const float* kt, int64_t D, int64_t ld, int64_t lim, float* s) {
     vf mx = splat(-INFINITY);
     for (int64_t j = 0; j < lim; j += W) {
@@ -206,7 +230,7 @@ void dmd_dropout_draws(uint64_t seed, uint64_t start, int64_t count, int32_t* ou
 // stats (B * H * Lq * 2) receives each row's max and 1 / sum for the backward (may be null).
 // A head whose threshold is 32767 (or with no thresholds) keeps every weight and draws nothing.
 // Work is shared out by batch item, whose rows of every head are first copied together (whole cache
-// lines, in order). Sixteen query rows go through together, one per lane, so every reduction (max, sum, the value
+// lines, in order). W query rows go through together, one per lane, so every reduction (max, sum, the value
 // product) runs along the keys within lanes, and a block of causal rows stops at its last row's limit.
 int dmd_attention_forward(const float* q, const int64_t* qs, const float* k, const int64_t* ks,
                           const float* v, const int64_t* vs, float* out, const int64_t* os, float* stats,
@@ -220,7 +244,7 @@ int dmd_attention_forward(const float* q, const int64_t* qs, const float* k, con
     parallel_heads(B, threads, [&](int64_t lo, int64_t hi) {
         const int64_t lq = padded(Lq);
         std::vector<float> buf(Lk * W + 2 * Lk * d + 2 * d * lq + 2 * H * lq);
-        float* s = buf.data();          // scores, (Lk, 16 rows)
+        float* s = buf.data();          // scores, (Lk, W rows)
         float* kb = s + Lk * W;         // keys of the batch item, (Lk, H * D) contiguous
         float* vb = kb + Lk * d;        // values
         float* qt = vb + Lk * d;        // queries, scaled and transposed: (H * D, lq)
