@@ -234,3 +234,21 @@ def test_fresh_build_is_cached_and_loads(tmp_path):
     lib = native._load(first)
     assert lib.dmd_attention_max_head_dim() == 64
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+@pytest.mark.parametrize("refused", [["-fopenmp"], ["-march=native"], ["-fopenmp", "-march=native"]])
+def test_a_compiler_refusing_flags_still_builds_a_working_kernel(tmp_path, refused):
+    # like Apple's clang (no -fopenmp; some versions refuse -march=native): the build drops those flags
+    wrapper = tmp_path / "picky-c++"
+    tests = " ".join(f'[ "$a" = "{flag}" ] && {{ echo "unsupported option {flag}" >&2; exit 1; }};' for flag in refused)
+    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do {tests} done\nexec {shutil.which("g++")} "$@"\n')
+    wrapper.chmod(0o755)
+    lib = native._load(native.build(cxx=str(wrapper), directory=tmp_path / "cache"))
+    q, k, v = _projections(2, 20, 20, 3, 5, self_attention=True)
+    out = torch.empty(2, 20, 15)
+    strides = [native._heads(x, 3) for x in (q, k, v, out)]
+    rc = lib.dmd_attention_forward(*strides[0], *strides[1], *strides[2], *strides[3], None, 2, 3, 20, 20, 5, 0,
+                                   5 ** -0.5, None, None, 0, 2)
+    assert rc == 0
+    assert (out.double() - _reference(q, k, v, 3, 0)).abs().max().item() < 2e-6
