@@ -6,7 +6,8 @@ times, and its inputs first have to be copied into a head-major layout; most of 
 time goes there, not into arithmetic. The kernel does a head's whole attention, forward or backward,
 in vector registers and the L1 cache, reading the projections through their strides.
 
-It is compiled on the machine that runs it (`-O3 -march=native`) with the C++ compiler found as
+It is compiled on the machine that runs it (`-O3 -march=native -fopenmp`, dropping `-fopenmp` and then
+`-march=native` where the compiler refuses them) with the C++ compiler found as
 `$CXX`, `c++`, `g++` or `clang++`, once per source, compiler and CPU, into a cache directory:
 `$DMD_NATIVE_CACHE`, else `$XDG_CACHE_HOME/live-dmd`, else `~/.cache/live-dmd`. It takes about a second.
 Where there is no compiler, or the build fails, or `DMD_NATIVE=0` is set, `available()` is false,
