@@ -31,8 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stream.connection import connect
-from workers.embedded import EmbeddedRedis
 from workers.settings import load_settings
+from workers.wiring import EmbeddedRedis
 
 
 def machine() -> dict:
@@ -54,7 +54,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def checkpoint_path(arg: str | None) -> Path:
-    from workers.pipeline import default_checkpoint
+    from workers.wiring import default_checkpoint
 
     path = Path(arg) if arg else default_checkpoint()
     if not path.is_file():
@@ -65,10 +65,11 @@ def checkpoint_path(arg: str | None) -> Path:
 async def bench_sessions(args: argparse.Namespace) -> dict:
     from dmd_model.predict import Predictor
     from stream.publish import watch_estimates
-    from workers.asr import AsrSession, make_engine_factory
+    from workers.asr.factory import make_engine_factory
+    from workers.asr.worker import AsrSession
     from workers.capture import Capture, FileSource
-    from workers.infer import InferenceWorker
-    from workers.pipeline import DEMO_CLIP
+    from workers.infer.worker import InferenceWorker
+    from workers.wiring import DEMO_CLIP
 
     settings = load_settings(overrides={"capture": {"speed": 1.0}})
     embedded = None if args.redis else EmbeddedRedis()
@@ -78,7 +79,7 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
                              asr_grace_s=settings.asr.grace_s if args.asr != "none" else 0.0)
     factory = None
     if args.asr != "none":
-        _, factory = make_engine_factory(args.asr, None, None, 0.5, args.sessions)
+        _, factory = make_engine_factory(args.asr, max_cpu=0.5, sessions=args.sessions)
     received: list[tuple[float, object]] = []
     ready = asyncio.Event()
 
@@ -131,11 +132,11 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
 async def bench_batching(args: argparse.Namespace) -> dict:
     from dmd_model.predict import Predictor
     from stream.keys import INFER_GROUP, WINDOWS
+    from stream.lifecycle import start_session
     from stream.messages import AcousticFrames, AsrWords, FaceFrames, Word
     from stream.session import Session
     from stream.window import WindowSpec
-    from workers.asr_sessions import start_session
-    from workers.infer import InferenceWorker
+    from workers.infer.worker import InferenceWorker
 
     rng = np.random.default_rng(0)
     embedded = None if args.redis else EmbeddedRedis()

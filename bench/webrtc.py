@@ -11,14 +11,14 @@ Set-up, on one machine:
   pinned to one core (`--core`, default 0): that process is what is measured.
 - `dmd infer` (the inference worker, `--asr none`: no speech recognition) and an embedded Redis,
   on the other cores, with the clients.
-- N aiortc clients (`workers.webrtc_client`), each looping the bundled demo clip (a face, speech)
+- N aiortc clients (`workers.web.client`), each looping the bundled demo clip (a face, speech)
   at 15 fps (scaled to `--size`, 640x480 by default as a webcam sends) and its sound at 48 kHz, all
   started together. After `--warmup` seconds, for `--seconds`:
 
 Per N: the ingest process's CPU share of its core; frames the face tracker took per session per
 second (the latest-frame policy drops the rest), frames the server received; audio overruns;
 estimates per session per second (2 expected at a 0.5 s hop); capture-to-estimate latency at the
-client (p50, p95; see `workers.webrtc_client`) and the server's own `age_ms` (window end on the
+client (p50, p95; see `workers.web.client`) and the server's own `age_ms` (window end on the
 session clock to sending). `sessions_one_core_ingests` is the largest N at which every session
 was tracked at >= 13.5 fps (90 % of 15), no audio was lost, estimates kept pace (>= 1.8 per second)
 and the ingest core was not saturated (< 95 %); `sessions_per_idle_core_by_cpu_time` divides 95 % of
@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workers.embedded import EmbeddedRedis  # noqa: E402
+from workers.wiring import EmbeddedRedis  # noqa: E402
 
 
 def machine() -> dict:
@@ -134,7 +134,7 @@ async def sessions_json(base: str) -> dict:
 
 async def one_round(base: str, n: int, args: argparse.Namespace, serve_pid: int, frames: list, pcm: np.ndarray,
                     round_no: int) -> dict:
-    from workers.webrtc_client import LoopedCamera, LoopedMicrophone, ServeClient
+    from workers.web.client import LoopedCamera, LoopedMicrophone, ServeClient
 
     clients = [ServeClient(base, [LoopedCamera(frames, 15), LoopedMicrophone(pcm)], session=f"bench-{round_no}-{i}")
                for i in range(n)]
@@ -190,8 +190,8 @@ async def one_round(base: str, n: int, args: argparse.Namespace, serve_pid: int,
 
 
 async def bench(args: argparse.Namespace) -> dict:
-    from workers.pipeline import DEMO_CLIP
-    from workers.webrtc_client import clip_frames, clip_sound
+    from workers.web.client import clip_frames, clip_sound
+    from workers.wiring import DEMO_CLIP
 
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -203,7 +203,7 @@ async def bench(args: argparse.Namespace) -> dict:
     embedded = EmbeddedRedis()
     checkpoint, checkpoint_note = args.checkpoint, args.checkpoint
     if not checkpoint:
-        from workers.pipeline import default_checkpoint
+        from workers.wiring import default_checkpoint
 
         checkpoint = checkpoint_note = str(default_checkpoint())
         if not Path(checkpoint).is_file():  # inference runs off the measured core: any live-profile model will do
@@ -212,8 +212,8 @@ async def bench(args: argparse.Namespace) -> dict:
     py = sys.executable
     infer = start([py, "-m", "workers.cli", "infer", "--redis", embedded.url, "--checkpoint", checkpoint],
                   rest, folder / "infer.log")
-    serve = start([py, "-m", "workers.serve", "--no-workers", "--redis", embedded.url, "--port", "0", "--asr", "none",
-                   "--max-sessions", str(2 * max(args.sessions))], ingest, folder / "serve.log")
+    serve = start([py, "-m", "workers.cli", "serve", "--no-workers", "--redis", embedded.url, "--port", "0",
+                   "--asr", "none", "--max-sessions", str(2 * max(args.sessions))], ingest, folder / "serve.log")
     results = []
     try:
         line = wait_line(folder / "serve.log", "dmd serve: http", serve)

@@ -9,12 +9,11 @@ MMSA data, checkpoints, and the import of official DMD weights.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import MODALITIES, ConfigError, DMDConfig, ModelConfig
 from .network import DMD
 from .official import export_official, import_official
+from .version import __version__
 
 __all__ = [
     "DMD",

@@ -77,7 +77,7 @@ class Checkpoint:
 
 def code_version() -> dict[str, Any]:
     """Package version and, when run from a git checkout, the commit and whether it had changes."""
-    from . import __version__
+    from .version import __version__
 
     version: dict[str, Any] = {"live_dmd": __version__, "torch": str(torch.__version__)}
     root = Path(__file__).resolve().parent.parent

@@ -6,6 +6,7 @@
 - `estimate`: the public estimate (JSON, schema 1), its validation, the EMA
 - `connection`: Redis URLs, clients, backoff
 - `session`: a session's streams (ids in session time, reading a span back, retention)
+- `lifecycle`: a session's start and end events, and an ASR worker's hold on a session
 - `consumer`: consumer groups (acks after publishing, claims, dead letters, reconnecting)
 - `publish`: publishing estimates once per window, with the EMA kept in Redis
 

@@ -129,6 +129,28 @@ class SessionKeys:
         return [*(self._key(name) for name in SESSION_STREAMS), self.estimates, self.state, self.events]
 
 
+def session_key_pattern(name: str) -> str:
+    """The SCAN pattern that matches key `name` of every session: `dmd:{*}:estimates`."""
+    return f"{PREFIX}:{{*}}:{name}"
+
+
+def parse_session_key(key: bytes | str) -> tuple[str, str] | None:
+    """(session id, name) of a session's key (`dmd:{alice}:estimates` -> ("alice", "estimates")), or
+    None for a key that is not one (another prefix, no hash tag, an id that is not valid)."""
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    head = f"{PREFIX}:{{"
+    if not text.startswith(head):
+        return None
+    sid, sep, name = text[len(head):].partition("}:")
+    if not sep or not name:
+        return None
+    try:
+        validate_session_id(sid)
+    except ValueError:
+        return None
+    return sid, name
+
+
 def estimate_channel(session: str) -> str:
     """`dmd:est:{sid}`: where a session's estimates are published as JSON."""
     return f"{PREFIX}:est:{{{validate_session_id(session)}}}"

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -38,7 +38,7 @@ from redis.exceptions import ResponseError
 
 from .connection import CONNECTION_ERRORS, Backoff, retry_outage
 from .estimate import Estimate
-from .keys import WINDOWS, SessionKeys
+from .keys import WINDOWS, SessionKeys, parse_session_key, session_key_pattern
 from .messages import AsrWords, Message, WindowNotice, Word, decode
 from .publish import ESTIMATE_FIELD
 from .window import Window
@@ -202,6 +202,17 @@ class Session:
             for key in self.keys.all_keys():
                 pipe.expire(key, int(seconds))
             await pipe.execute()
+
+
+async def sessions_with(redis: aioredis.Redis, name: str) -> AsyncIterator[str]:
+    """The ids of the sessions that have a key `name` (for example "estimates"), by SCAN: each once
+    per call, in no particular order; keys that merely look alike are skipped."""
+    seen: set[str] = set()
+    async for key in redis.scan_iter(match=session_key_pattern(name), count=500):
+        parsed = parse_session_key(key)
+        if parsed is not None and parsed[1] == name and parsed[0] not in seen:
+            seen.add(parsed[0])
+            yield parsed[0]
 
 
 def _split_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.asr_engine import Engine, NoEngine, TimedWord, normalise_text, normalise_word, word_error_rate
-from workers.asr_whisper import HypWord, LocalAgreement, hyp_words
+from workers.asr.engine import Engine, NoEngine, TimedWord, normalise_text, normalise_word, word_error_rate
+from workers.asr.whisper import HypWord, LocalAgreement, hyp_words
 
 
 @pytest.mark.parametrize(("raw", "words"), [

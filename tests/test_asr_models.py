@@ -7,7 +7,6 @@ engine on a real model is in test_asr_vosk.py."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import http.server
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from workers import models
-from workers.models import ModelInstallError, find_model, install_model, list_models
+from workers.asr import models
+from workers.asr.models import ModelInstallError, find_model, install_model, list_models
+from workers.cli import build_parser
 
 
 def fake_vosk_zip(path: Path, top: str | None = "vosk-model-tiny-xx-0.1", extra: dict[str, bytes] | None = None
@@ -159,11 +159,11 @@ def test_names_are_checked_and_the_default_url_is_vosks() -> None:
 def test_the_command_installs_lists_and_finds_models(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("DMD_MODELS", str(tmp_path / "models"))
     archive = fake_vosk_zip(tmp_path / "m.zip")
-    parser = argparse.ArgumentParser(prog="dmd models")
-    models.add_arguments(parser)
+    parser = build_parser()
 
     def dmd(*argv: str) -> int:
-        return models.main(parser.parse_args(list(argv)))
+        args = parser.parse_args(["models", *argv])
+        return args.func(args)
 
     assert dmd("install", "vosk-model-tiny-xx-0.1", "--url", archive.as_uri(), "--quiet") == 0
     out, err = capsys.readouterr()

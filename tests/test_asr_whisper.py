@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.asr_engine import normalise_text, word_error_rate
-from workers.asr_whisper import (
+from workers.asr.engine import normalise_text, word_error_rate
+from workers.asr.whisper import (
     WHISPER_PACKAGE,
     WhisperEngine,
     WhisperModelError,

@@ -21,11 +21,13 @@ from redis_fixtures import eventually
 
 from stream.connection import connect
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
+from stream.lifecycle import end_session, start_session
 from stream.messages import AsrWords, AudioChunk
 from stream.session import Session, time_to_ms
-from workers.asr import AsrSession, AsrWorker, build_parser, make_engine_factory, run
-from workers.asr_engine import NoEngine, normalise_text, word_error_rate
-from workers.asr_sessions import end_session, start_session
+from workers.asr.engine import NoEngine, normalise_text, word_error_rate
+from workers.asr.factory import make_engine_factory
+from workers.asr.worker import AsrSession, AsrWorker
+from workers.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -168,15 +170,15 @@ def test_the_worker_finds_a_session_and_writes_its_words_as_the_audio_comes(redi
 
 
 def test_the_command_runs_one_session_to_its_end(redis_url: str, capsys) -> None:
-    async def main() -> int:
+    async def main() -> None:
         r = connect(redis_url)
         await push(Session(r, "erin"), np.zeros(16000, np.int16))
         await end_session(r, "erin")
         await r.aclose()
-        args = build_parser().parse_args(["--redis", redis_url, "--asr", "none", "--session", "erin"])
-        return await run(args)
 
-    assert asyncio.run(main()) == 0
+    asyncio.run(main())
+    args = build_parser().parse_args(["asr", "--redis", redis_url, "--asr", "none", "--session", "erin"])
+    assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["session"], out["reason"], out["watermark"], out["words"]) == ("erin", "end", 1.0, 0)
 
@@ -191,8 +193,8 @@ def test_a_killed_workers_session_is_claimed_and_resumed_without_repeating_words
     client.flushall()
     client.close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-m", "workers.asr", "--redis", url, "--asr", "whisper", "--name", "w1",
-                              "--claim-idle", "1", "--max-sessions", "1"], cwd=ROOT, env=env,
+    first = subprocess.Popen([sys.executable, "-m", "workers.cli", "asr", "--redis", url, "--asr", "whisper",
+                              "--name", "w1", "--claim-idle", "1", "--max-sessions", "1"], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     async def main() -> None:

@@ -153,7 +153,7 @@ def test_recent_history_is_bounded_to_the_most_recently_active_sessions(stack, r
 
     from stream.estimate import Estimate, ModalityResult
     from stream.publish import EstimatePublisher
-    from workers.serve import dashboard_history
+    from workers.web.hub import dashboard_history
 
     def estimate(session: str, window: int) -> Estimate:
         modality = ModalityResult(True, 0.1, 0.2)

@@ -229,7 +229,7 @@ def test_real_mosi_clips_extract_with_face_voice_and_words(tmp_path):
         "Sqr0AcuoNnk,12,and he is one of my favorite actors ever,2.0,train\n"
         "03bSnISJMiM,1,anyhow it was really good,2.4,test\n"
         "Sqr0AcuoNnk,12asr,,2.0,valid\n")
-    recogniser = "workers.extract_cli:recognise_pcm"  # the ASR worker's engine (Whisper tiny.en here)
+    recogniser = "workers.asr.factory:recognise_pcm"  # the ASR worker's engine (Whisper tiny.en here)
     extractor = Extractor(cache_dir=None, text_encoder=load_text_encoder(), recogniser=recogniser)
     report = extract(tmp_path / "ds", tmp_path / "mosi.pkl", cache_dir=tmp_path / "cache", progress=False,
                      extractor=extractor, recogniser=recogniser)

@@ -154,7 +154,7 @@ def test_a_label_file_with_unknown_columns_is_refused_with_the_layouts(tmp_path)
 
 
 def test_the_cli_extracts_text_only_and_prints_a_json_report(label_files, tmp_path, capsys):
-    from workers.extract_cli import build_parser
+    from workers.cli import build_parser
 
     args = build_parser().parse_args(["extract", "--text-only", str(label_files[0]), str(label_files[1]), "-o",
                                       str(tmp_path / "c.pkl"), "--cache", str(tmp_path / "cache"), "--quiet"])

@@ -45,7 +45,7 @@ def test_a_model_that_outputs_nan_publishes_nothing_and_its_windows_go_to_the_de
         redis_url: str, nan_checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
     from dmd_model.features import load_text_encoder
     from dmd_model.predict import Predictor
-    from workers.infer import InferenceWorker
+    from workers.infer.worker import InferenceWorker
     from workers.settings import InferenceSettings
 
     windows = [6, 7, 8]

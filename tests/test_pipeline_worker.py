@@ -46,7 +46,7 @@ def test_a_burst_of_window_notices_is_served_on_first_delivery_without_running_o
     claim (`claim_idle_ms`, 10 s by default) instead of being served at once."""
     from dmd_model.features import load_text_encoder
     from dmd_model.predict import Predictor
-    from workers.infer import InferenceWorker
+    from workers.infer.worker import InferenceWorker
     from workers.settings import InferenceSettings
 
     checkpoint = write_checkpoint(tmp_path / "live_test.pt")

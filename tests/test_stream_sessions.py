@@ -11,8 +11,8 @@ import pytest
 from stream.codec import MessageError
 from stream.connection import connect
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
+from stream.lifecycle import LeaseLost, SessionLease, end_session, session_events, start_session
 from stream.messages import SessionEvent, decode
-from workers.asr_sessions import LeaseLost, SessionLease, end_session, session_events, start_session
 
 
 def test_session_keys_include_the_events_stream() -> None:

@@ -220,7 +220,8 @@ def test_oversized_and_malformed_offers_are_refused_with_the_reason(stack) -> No
 def test_serve_refuses_a_turn_server_without_credentials() -> None:
     import argparse
 
-    from workers.serve import add_arguments, options_from
+    from workers.cli.web import add_serve_arguments as add_arguments
+    from workers.cli.web import options_from
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -236,8 +237,9 @@ def test_serve_refuses_a_turn_server_without_credentials() -> None:
 
 def test_serve_without_workers_answers_on_the_workers_redis(stack) -> None:
     """`dmd serve --no-workers`: the web app alone, in this process, on the module's Redis."""
-    from workers.serve import ServeOptions, serve
+    from workers.pipeline import serve
     from workers.settings import load_settings
+    from workers.web.app import ServeOptions
 
     _, redis = stack
 
@@ -261,8 +263,10 @@ def test_serve_without_workers_answers_on_the_workers_redis(stack) -> None:
 
 
 def test_serve_says_what_is_wrong_with_its_redis() -> None:
-    from workers.serve import RedisUnreachable, ServeOptions, serve
+    from workers.pipeline import serve
     from workers.settings import load_settings
+    from workers.web.app import ServeOptions
+    from workers.wiring import RedisUnreachable
 
     options = ServeOptions(port=0)
     with pytest.raises(ValueError, match="--no-workers needs the workers' Redis"):

@@ -15,7 +15,7 @@ av = pytest.importorskip("av")
 aiortc = pytest.importorskip("aiortc")
 
 from workers.capture import Sound, Video  # noqa: E402
-from workers.webrtc_source import AudioRechunker, PeerSource, SessionClock  # noqa: E402
+from workers.web.source import AudioRechunker, PeerSource, SessionClock  # noqa: E402
 
 VIDEO_TB = fractions.Fraction(1, 90_000)
 AUDIO_TB = fractions.Fraction(1, 48_000)

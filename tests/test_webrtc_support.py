@@ -1,6 +1,6 @@
 """What the WebRTC and dashboard tests share: a `dmd serve` process on a real Redis, a headless
 Chromium driven through the DevTools protocol (over aiohttp's websocket client: no browser
-automation package), an aiortc client (`workers.webrtc_client`) looping the demo clip as camera and
+automation package), an aiortc client (`workers.web.client`) looping the demo clip as camera and
 microphone, and the fake camera (y4m) and microphone (wav) files that Chromium plays, cut from the
 same clip.
 
@@ -83,7 +83,7 @@ def write_fake_media(folder: Path, seconds: float = 6.0, clip: Path = DEMO_CLIP)
         for frame in frames:
             f.write(b"FRAME\n")
             f.write(frame.to_ndarray().tobytes())
-    from workers.webrtc_client import clip_sound
+    from workers.web.client import clip_sound
 
     pcm = clip_sound(clip, 48_000, seconds)
     with wave.open(str(wav), "wb") as f:
@@ -96,14 +96,14 @@ def write_fake_media(folder: Path, seconds: float = 6.0, clip: Path = DEMO_CLIP)
 
 # -- dmd serve as a process --------------------------------------------------------------------------------
 class ServeProcess:
-    """`python -m workers.serve` (what `dmd serve` runs) on a free port, its log in `log_path`."""
+    """`python -m workers.cli serve` (`dmd serve`) on a free port, its log in `log_path`."""
 
     def __init__(self, redis_url: str, checkpoint: Path, log_path: Path, *, token: str = TOKEN,
                  extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.url = ""
         redis = ["--redis", redis_url] if redis_url else []  # none: an embedded Redis
-        cmd = [sys.executable, "-m", "workers.serve", "--port", "0", *redis, "--checkpoint", str(checkpoint),
+        cmd = [sys.executable, "-m", "workers.cli", "serve", "--port", "0", *redis, "--checkpoint", str(checkpoint),
                "--asr", "none", "--token", token, *(extra or [])]
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         self._log = log_path.open("w")
@@ -296,10 +296,10 @@ class Chromium:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-# -- an aiortc client (workers.webrtc_client) -------------------------------------------------------------
+# -- an aiortc client (workers.web.client) -------------------------------------------------------------
 def peer_client(base_url: str, session: str | None = None, seconds: float = 4.0, token: str = TOKEN) -> Any:
     """A client of `dmd serve` looping the first `seconds` of the demo clip as camera and microphone."""
-    from workers.webrtc_client import ServeClient, clip_tracks
+    from workers.web.client import ServeClient, clip_tracks
 
     return ServeClient(base_url, list(clip_tracks(DEMO_CLIP, seconds=seconds)), token=token, session=session)
 

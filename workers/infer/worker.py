@@ -39,13 +39,13 @@ from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer
 from stream.estimate import Estimate, ModalityResult
 from stream.keys import INFER_GROUP, WINDOWS
+from stream.lifecycle import session_events
 from stream.messages import AcousticFrames, AsrWords, FaceFrames, WindowNotice, Word, concat_frames
 from stream.publish import EstimatePublisher
 from stream.session import Session, words_between
 
-from .asr_sessions import session_events
-from .metrics import Metrics
-from .settings import AsrSettings, InferenceSettings
+from ..metrics import Metrics
+from ..settings import AsrSettings, InferenceSettings
 
 log = logging.getLogger("dmd.infer")
 

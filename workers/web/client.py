@@ -5,7 +5,7 @@ real time, as a device would deliver them) and a data channel, posts the offer t
 keeps what comes back over the channel. The tests and `bench/webrtc.py` use it; it also checks a
 server from another machine without a browser:
 
-    python -m workers.webrtc_client http://host:8080 --token T --source clip.mp4 --seconds 20
+    dmd webrtc-client http://host:8080 --token T --source clip.mp4 --seconds 20
 
 Capture-to-page latency: the camera notes the wall-clock time of its first frame (`first_capture`),
 and frame n is captured `n / fps` later. With each estimate the server sends `media_end`, the end of
@@ -17,12 +17,10 @@ features, inference and the way back, on this machine's clock.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fractions
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -207,39 +205,3 @@ class ServeClient:
             await self.pc.close()
         for track in self.tracks:
             track.stop()
-
-
-async def _main(args: argparse.Namespace) -> int:
-    size = tuple(int(v) for v in args.size.split("x")) if args.size else None
-    camera, microphone = clip_tracks(args.source, seconds=min(args.seconds, 10.0), size=size)  # type: ignore[arg-type]
-    client = ServeClient(args.url, [camera, microphone], token=args.token, session=args.session)
-    answer = await client.connect()
-    print(f"session {answer['session']}", file=sys.stderr)
-    shown = 0
-    deadline = time.monotonic() + args.seconds
-    try:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            for e in client.estimates[shown:]:
-                print(json.dumps(e, separators=(",", ":")), flush=True)
-            shown = len(client.estimates)
-    finally:
-        await client.close()
-    latencies = sorted(client.latencies_ms())
-    if latencies:
-        print(f"{len(latencies)} estimates; capture to arrival: median {latencies[len(latencies) // 2]:.0f} ms",
-              file=sys.stderr)
-    return 0 if client.estimates else 1
-
-
-if __name__ == "__main__":
-    from .pipeline import DEMO_CLIP
-
-    parser = argparse.ArgumentParser(prog="python -m workers.webrtc_client", description=__doc__.split("\n")[0])
-    parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
-    parser.add_argument("--token", default="", help="the server's token, if it asks for one")
-    parser.add_argument("--source", default=str(DEMO_CLIP), help="clip to loop as camera and microphone")
-    parser.add_argument("--seconds", type=float, default=20.0, help="how long to stay (default 20)")
-    parser.add_argument("--size", help="scale the picture, e.g. 640x480")
-    parser.add_argument("--session", help="session id to ask for")
-    sys.exit(asyncio.run(_main(parser.parse_args())))

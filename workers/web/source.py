@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .capture import SAMPLE_RATE, Sound, Source, Video
+from ..capture.sources import SAMPLE_RATE, Sound, Source, Video
 
 log = logging.getLogger("dmd.webrtc")
 

@@ -39,13 +39,10 @@ seconds per second of audio); the Whisper engine paces itself to `max_cpu` of a 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -55,45 +52,19 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from stream.codec import MessageError
-from stream.connection import CONNECTION_ERRORS, Backoff, connect, retry_outage
+from stream.connection import CONNECTION_ERRORS, Backoff, retry_outage
 from stream.consumer import Delivery, GroupConsumer
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
+from stream.lifecycle import LeaseLost, SessionLease
 from stream.messages import SAMPLE_RATE, AsrWords, AudioChunk, SessionEvent, Word
 from stream.session import Session, time_to_ms
 
-from .asr_engine import Engine, NoEngine
-from .asr_sessions import LeaseLost, SessionLease
+from .engine import Engine
+from .factory import EngineFactory
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "vosk", "whisper", "none")
-EngineFactory = Callable[[], Engine]
 _MAX_SEQ = 18446744073709551615  # the largest sequence number of a stream id
-
-
-def make_engine_factory(asr: str = "auto", vosk_model: str | None = None, whisper_model: str | None = None,
-                        max_cpu: float | None = 0.5, sessions: int = 1) -> tuple[str, EngineFactory]:
-    """The engine a worker uses, as (name, factory). Models are loaded here, once, and shared by the
-    sessions. Raises the engine's error (with what to install or configure) if it cannot be had."""
-    if asr not in ENGINES:
-        raise ValueError(f"--asr {asr!r}: use one of {', '.join(ENGINES)}")
-    if asr == "none":
-        return "none", NoEngine
-    if asr in ("auto", "vosk"):
-        from .asr_vosk import VoskEngine, VoskModelError, configured_vosk_model, load_vosk_model
-
-        path = configured_vosk_model(vosk_model)
-        if path is None and asr == "vosk":
-            raise VoskModelError("--asr vosk needs a model: --vosk-model PATH_OR_NAME or $DMD_VOSK_MODEL (install one "
-                                 "with `dmd models install vosk-model-small-en-us-0.15`)")
-        if path is not None:
-            model = load_vosk_model(str(path))
-            return f"vosk ({path})", lambda: VoskEngine(model)
-    from .asr_whisper import WhisperEngine, load_whisper_model
-
-    whisper = load_whisper_model(whisper_model, cpu_threads=1, num_workers=max(1, sessions))
-    return f"whisper ({whisper_model or 'embedded tiny.en'})", lambda: WhisperEngine(whisper, max_cpu=max_cpu)
-
 
 def _after_time(t: float) -> str:
     """The stream id just before every entry whose data reaches `t` (ids are the entry's end in ms)."""
@@ -380,100 +351,3 @@ class AsrWorker:
                           **r.stats} for r in self.finished[-100:]],
             "consumer": dict(self.consumer.counts),
         }
-
-
-# --- the command ------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `dmd asr`."""
-    parser.add_argument("--redis", default=None, help="Redis URL (default: $REDIS_URL, else redis://127.0.0.1:6379/0)")
-    parser.add_argument("--asr", default="auto", choices=ENGINES,
-                        help="engine: vosk (needs --vosk-model), whisper (embedded English), none, or auto "
-                             "(vosk when a model is configured, else whisper)")
-    parser.add_argument("--vosk-model", default=None,
-                        help="Vosk model folder, or the name of one installed by `dmd models` ($DMD_VOSK_MODEL)")
-    parser.add_argument("--whisper-model", default=None,
-                        help="a CTranslate2 Whisper folder instead of the embedded tiny.en (not hash-checked)")
-    parser.add_argument("--session", default=None, help="run this one session to its end, without the group")
-    parser.add_argument("--max-sessions", type=int, default=max(1, (os.cpu_count() or 1) * 2),
-                        help="sessions at once (default: two per core; Whisper takes about half a core each)")
-    parser.add_argument("--max-cpu", type=float, default=0.5, help="Whisper: share of a core per session (default 0.5)")
-    parser.add_argument("--name", default=None, help="consumer name (default: host-pid-random); keep it across "
-                                                     "restarts to take this worker's sessions back at once")
-    parser.add_argument("--claim-idle", type=float, default=15.0,
-                        help="seconds before a dead worker's sessions are claimed (default 15)")
-    parser.add_argument("--idle-timeout", type=float, default=120.0,
-                        help="end a session's ASR after this many seconds without audio or end event (default 120)")
-
-
-async def run(args: argparse.Namespace) -> int:
-    """`dmd asr`: serve sessions (or one, with --session) until interrupted."""
-    url = args.redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    sessions = 1 if args.session else args.max_sessions
-    name, factory = make_engine_factory(args.asr, args.vosk_model, args.whisper_model, args.max_cpu, sessions)
-    redis = connect(url)
-    options = {"idle_timeout_s": args.idle_timeout}
-    log.info("ASR worker: engine %s, Redis %s", name, url.split("@")[-1])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        if args.session:
-            task = asyncio.create_task(AsrSession(redis, args.session, factory(), **options).run())
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not task.done():
-                task.cancel()
-                return 130
-            result = task.result()
-            print(json.dumps({"session": result.session, "reason": result.reason, "resumed_from": result.resumed_from,
-                              "watermark": result.watermark, "words": result.words, "entries": result.entries,
-                              **result.stats}))
-            return 0
-        worker = AsrWorker(redis, factory, name=args.name, max_sessions=args.max_sessions,
-                           claim_idle_ms=int(args.claim_idle * 1000), session_options=options)
-        log.info("ASR worker %s serving %s (group %s), up to %d sessions", worker.name, SESSIONS, ASR_GROUP,
-                 args.max_sessions)
-        await worker.run(stop)
-        return 0
-    finally:
-        await redis.aclose()
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry point for `dmd asr` (synchronous, for the command line): 2 with a message for a model
-    or setting that cannot be used."""
-    import sys
-
-    from stream.connection import RedisURLError
-
-    from .asr_vosk import VoskModelError
-    from .asr_whisper import WhisperModelError
-
-    try:
-        return asyncio.run(run(args))
-    except (WhisperModelError, VoskModelError, RedisURLError) as exc:
-        print(f"dmd asr: {exc}", file=sys.stderr)
-        return 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmd asr", description="speech recognition worker: audio in, words out")
-    add_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
-
-
-if __name__ == "__main__":  # python -m workers.asr ... (what `dmd asr` runs)
-    import sys
-
-    _args = build_parser().parse_args()
-    logging.basicConfig(level=logging.DEBUG if _args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    sys.exit(main(_args))
-
-
-__all__ = ["AsrSession", "AsrWorker", "SessionResult", "add_arguments", "main", "make_engine_factory"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .asr_engine import Engine, LoudnessGate, TimedWord
+from .engine import Engine, LoudnessGate, TimedWord
 from .models import find_model, models_dir
 
 VOSK_MODEL_ENV = "DMD_VOSK_MODEL"

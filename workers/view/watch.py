@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from stream.connection import CONNECTION_ERRORS, Backoff
 from stream.estimate import Estimate
 from stream.publish import watch_estimates
-from stream.session import Session
+from stream.session import Session, sessions_with
 
 log = logging.getLogger("dmd.watch")
 
@@ -44,12 +44,10 @@ async def recent_history(redis: aioredis.Redis, session: str | None, count: int 
     if session is not None:
         return await Session(redis, session).estimates(count)
     found: list[Estimate] = []
-    async for key in redis.scan_iter(match="dmd:{*}:estimates", count=200):
-        name = key.decode() if isinstance(key, bytes) else key
-        sid = name[len("dmd:{"):-len("}:estimates")]
+    async for sid in sessions_with(redis, "estimates"):
         try:
             found.extend(await Session(redis, sid).estimates(count))
-        except ValueError:
+        except ValueError:  # an estimate that does not decode: the session's history is left out
             continue
     return sorted(found, key=lambda e: (e.session, e.window))
 

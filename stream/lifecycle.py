@@ -14,9 +14,6 @@ an entry back from another. A worker that dies stops renewing; once the entry ha
 group's claim time another worker claims it (XAUTOCLAIM, in `stream.consumer.GroupConsumer`) and
 resumes the session from its words watermark. A worker that was only stalled finds at its next
 renewal that the entry is someone else's, and stops.
-
-(These helpers are Redis I/O of the protocol; they belong in `stream.session` once its owner takes
-them.)
 """
 
 from __future__ import annotations
@@ -26,9 +23,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from stream.connection import Backoff, retry_outage
-from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
-from stream.messages import SessionEvent
+from .connection import Backoff, retry_outage
+from .keys import ASR_GROUP, SESSIONS, SessionKeys
+from .messages import SessionEvent
 
 SESSIONS_MAXLEN = 100_000  # entries kept in dmd:sessions (approximately); a pending entry outlives its trim
 EVENTS_MAXLEN = 1_000

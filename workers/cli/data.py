@@ -6,44 +6,21 @@
     dmd release runs/live_text/seed_1111/best.pt --out dmd_model/checkpoints/default.pt \\
         --eval mosi=mosi_text.pkl --eval mosei=mosei_text.pkl
 
-`register(subparsers)` adds both to `dmd` (`workers/cli.py`): `add_arguments(parser)` / `main(args)` for extract and
-`add_release_arguments(parser)` / `release_main(args)` for release. Progress goes to standard error,
-the JSON result to standard output. Run alone: `python -m workers.extract_cli extract ...`.
+Progress goes to standard error, the JSON result to standard output.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from .common import print_json
+
 # The recogniser for clips without a transcript: the ASR worker's engine (`--asr auto`: Vosk when a
 # model is configured, else the embedded Whisper tiny.en), run over the whole clip.
-DEFAULT_RECOGNISER = "workers.extract_cli:recognise_pcm"
-_ENGINE_FACTORY: Any = None
-
-
-def recognise_pcm(pcm: Any, t0: float) -> list[Any]:
-    """A clip's words from the ASR worker's engine: 16 kHz int16 mono PCM whose first sample is at
-    `t0` -> `dmd_model.features.Word`s. The model is loaded once per process (each extraction
-    process has its own), and a fresh engine recognises each clip."""
-    global _ENGINE_FACTORY
-    from dmd_model.features import Word
-
-    if _ENGINE_FACTORY is None:
-        from workers.asr import make_engine_factory
-
-        _ENGINE_FACTORY = make_engine_factory("auto", max_cpu=None)[1]  # offline: no pacing
-    engine = _ENGINE_FACTORY()
-    engine.feed(pcm, max(0.0, float(t0)))
-    words, _ = engine.finish()
-    return [Word(w.word, w.start, w.end, w.confidence) for w in words]
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+DEFAULT_RECOGNISER = "workers.asr.factory:recognise_pcm"
 
 
 def _word_range(text: str) -> tuple[int, int]:
@@ -58,7 +35,7 @@ def _word_range(text: str) -> tuple[int, int]:
 
 
 # -- extract ------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="+",
                         help="a dataset folder in the MMSA-FET layout (label.csv, Raw/<video_id>/<clip_id>.mp4), "
                         "or with --text-only one or more label files")
@@ -99,7 +76,7 @@ def _recogniser(choice: str | None) -> str | None:
     return spec if found else None
 
 
-def main(args: argparse.Namespace) -> int:
+def cmd_extract(args: argparse.Namespace) -> int:
     from dmd_model.extract import ExtractError, extract
     from dmd_model.features import FeatureError, get_profile
 
@@ -116,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"dmd extract: {e}", file=sys.stderr)
         return 2
     print(report.summary(), file=sys.stderr)
-    _print_json(report.to_dict())
+    print_json(report.to_dict())
     return 0 if report.total else 1
 
 
@@ -131,7 +108,7 @@ def add_release_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
-def release_main(args: argparse.Namespace) -> int:
+def cmd_release(args: argparse.Namespace) -> int:
     """Re-save a checkpoint for shipping: fp16 weights (read back as float32), its training record
     kept, and the test metrics of each `--eval` pickle (computed with the fp16 weights) added."""
     import torch
@@ -161,33 +138,19 @@ def release_main(args: argparse.Namespace) -> int:
         save_checkpoint(out, model if not half else load_checkpoint(out).build_model("cpu"), src.config,
                         profile=src.profile, modalities=src.modalities, data=src.data, metrics=metrics,
                         training=training, half=half)
-    _print_json({"checkpoint": str(out), "bytes": out.stat().st_size, "sha256": file_sha256(out),
+    print_json({"checkpoint": str(out), "bytes": out.stat().st_size, "sha256": file_sha256(out),
                  "precision": "float16" if half else "float32", "modalities": list(src.modalities),
                  "profile": src.profile.get("name"), "test": results,
                  "parameters": sum(v.numel() for v in src.state_dict.values() if torch.is_tensor(v))})
     return 0
 
 
-def register(sub: Any) -> None:
-    """Add `extract` and `release` to the `dmd` subcommands (`workers/cli.py` and `build_parser`)."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `dmd extract` and `dmd release` to the `dmd` parser."""
     p = sub.add_parser("extract", help="a dataset folder (MMSA-FET layout) or label files -> an MMSA-format "
                        "pickle in the live feature profile")
-    add_arguments(p)
-    p.set_defaults(func=main)
+    add_extract_arguments(p)
+    p.set_defaults(func=cmd_extract)
     p = sub.add_parser("release", help="a trained checkpoint -> a shippable one (fp16, per-data-set test metrics)")
     add_release_arguments(p)
-    p.set_defaults(func=release_main)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmd")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-if __name__ == "__main__":
-    import logging
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    ns = build_parser().parse_args()
-    sys.exit(ns.func(ns))
+    p.set_defaults(func=cmd_release)

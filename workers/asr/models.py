@@ -16,7 +16,6 @@ model records where it came from in `.dmd-model.json`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import http.client
@@ -32,7 +31,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -267,27 +266,8 @@ def install_model(name: str, url: str | None = None, *, directory: Path | None =
         shutil.rmtree(unpack, ignore_errors=True)
 
 
-# --- the command -------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `dmd models` (list, install, path)."""
-    parser.add_argument("--dir", type=Path, default=None,
-                        help=f"models folder (default: ${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
-    sub = parser.add_subparsers(dest="models_command", required=True)
-    p = sub.add_parser("list", help="installed models, and the embedded Whisper")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("install", help="download and install a model (Vosk's by name, or any zip by --url)")
-    p.add_argument("name", help="model name, e.g. vosk-model-small-en-us-0.15 (see alphacephei.com/vosk/models)")
-    p.add_argument("--url", help="zip to install instead of Vosk's NAME.zip (http, https or file://)")
-    p.add_argument("--sha256", help="refuse the zip unless it has this sha256")
-    p.add_argument("--force", action="store_true", help="replace an installed model of the same name")
-    p.add_argument("--quiet", action="store_true", help="no progress")
-    p = sub.add_parser("path", help="the folder of an installed model")
-    p.add_argument("name")
-
-
-def _embedded_whisper_status() -> dict[str, Any]:
-    from .asr_whisper import WHISPER_PACKAGE, WHISPER_PACKAGE_VERSION, WhisperModelError, embedded_whisper_path
+def embedded_whisper_status() -> dict[str, Any]:
+    from .whisper import WHISPER_PACKAGE, WHISPER_PACKAGE_VERSION, WhisperModelError, embedded_whisper_path
 
     status = {"name": "whisper-tiny.en", "kind": "whisper", "source": f"{WHISPER_PACKAGE} {WHISPER_PACKAGE_VERSION}"}
     try:
@@ -295,40 +275,3 @@ def _embedded_whisper_status() -> dict[str, Any]:
     except WhisperModelError as exc:
         status.update(path="", status=str(exc))
     return status
-
-
-def main(args: argparse.Namespace) -> int:
-    directory = (args.dir or models_dir()).expanduser()
-    try:
-        if args.models_command == "list":
-            models = list_models(directory)
-            embedded = _embedded_whisper_status()
-            if args.json:
-                print(json.dumps({"dir": str(directory), "models": [asdict(m) for m in models],
-                                  "embedded": embedded}, indent=2))
-                return 0
-            print(f"models in {directory}:" if models else f"no models installed in {directory}")
-            for m in models:
-                print(f"  {m.name:<40} {m.kind:<8} {m.bytes / 1e6:8.1f} MB  {m.path}")
-            print(f"embedded: {embedded['name']} ({embedded['source']}): {embedded['status']}")
-            return 0
-        if args.models_command == "install":
-            path = install_model(args.name, args.url, directory=directory, sha256=args.sha256, force=args.force,
-                                 progress=not args.quiet)
-            print(f"installed {args.name} ({model_kind(path)}) in {path}", file=sys.stderr)
-            if model_kind(path) == "vosk":
-                print(f"use it with: dmd asr --vosk-model {path}   (or export DMD_VOSK_MODEL={path})", file=sys.stderr)
-            print(path)
-            return 0
-        if args.models_command == "path":
-            path = find_model(args.name, directory)
-            if path is None:
-                print(f"dmd models: {args.name!r} is not installed in {directory}: dmd models install {args.name}",
-                      file=sys.stderr)
-                return 1
-            print(path)
-            return 0
-    except ModelInstallError as exc:
-        print(f"dmd models: {exc}", file=sys.stderr)
-        return 2
-    raise ValueError(f"unknown models command {args.models_command!r}")

