@@ -88,7 +88,11 @@ class Delivery:
     fields: dict[bytes, bytes]
     deliveries: int
     consumer: GroupConsumer = field(repr=False)
-    done: bool = False
+    outcome: str = ""  # how it ended: "acked", "dead" or "released" ("" while it runs)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.outcome)
 
     def decode(self, kind: type[M]) -> M:
         return kind.from_fields(self.fields)  # type: ignore[return-value]
@@ -321,14 +325,14 @@ class GroupConsumer:
         if ids:
             await self._ack_ids(*ids)
         for d in deliveries:
-            d.done = True
+            d.outcome = d.outcome or "acked"
             self._in_flight.discard(d.id)
         self.counts["acked"] += len(ids)
 
     def release(self, *deliveries: Delivery) -> None:
         """Leave deliveries pending: they are delivered again once idle for `claim_idle_ms`."""
         for d in deliveries:
-            d.done = True
+            d.outcome = d.outcome or "released"
             self._in_flight.discard(d.id)
 
     async def _ack_ids(self, *ids: str) -> None:
@@ -354,7 +358,7 @@ class GroupConsumer:
         await retry_outage(write, backoff=self.backoff, max_outage_s=self.max_outage_s,
                            what=f"dead letter {self.stream} {delivery.id}")
         log.warning("%s %s went to %s: %s", self.stream, delivery.id, self.dead_stream, reason)
-        delivery.done = True
+        delivery.outcome = "dead"
         self._in_flight.discard(delivery.id)
         self.counts["dead"] += 1
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import FeatureError
@@ -65,7 +65,3 @@ def normalise_words(words: Iterable[Word]) -> list[Word]:
         for i, part in enumerate(parts):
             out.append(Word(part, word.start + i * step, word.start + (i + 1) * step, word.confidence))
     return sorted(out, key=lambda w: (w.start, w.end))  # stable: simultaneous words keep their order
-
-
-def words_text(words: Sequence[Word]) -> str:
-    return " ".join(w.text for w in words)

@@ -21,13 +21,14 @@ after `max_deliveries`. `stop()` (SIGTERM) stops taking notices and finishes tho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import redis.asyncio as aioredis
 
 from dmd_model.features import Frames, align_window, voiced_mask
@@ -51,7 +52,7 @@ log = logging.getLogger("dmd.infer")
 
 # Windows reading their span from Redis at once. Each holds up to three pooled connections while it
 # reads (afeat, vfeat and words together) and redis-py's asyncio pool refuses a 101st connection
-# with MaxConnectionsError, which a burst of notices (a file replayed flat out) used to reach.
+# with MaxConnectionsError, which a burst of notices (a file replayed flat out) would reach without this bound.
 READS_AT_ONCE = 24
 
 
@@ -65,6 +66,24 @@ class _Job:
     received: float  # monotonic, when the notice was read
     latency: dict[str, float] = field(default_factory=dict)
     window: AlignedWindow | None = None
+    published: asyncio.Future | None = None  # set once the estimate is published, or the error that ended it
+
+
+@contextlib.contextmanager
+def _blamed(what: str) -> Iterator[None]:
+    """A MessageError inside says which part of the window was malformed (its dead letter's reason)."""
+    try:
+        yield
+    except MessageError as exc:
+        raise MessageError(f"{what}: {exc.reason}") from None
+
+
+def _settle(job: _Job, error: BaseException | None) -> None:
+    if job.published is not None and not job.published.done():
+        if error is None:
+            job.published.set_result(None)
+        else:
+            job.published.set_exception(error)
 
 
 def _frames(messages: list[Any], t_start: float, t_end: float, kind: type) -> Frames:
@@ -95,7 +114,7 @@ class InferenceWorker:
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="dmd-model")
         self._prep_threads = ThreadPoolExecutor(2, thread_name_prefix="dmd-align")
         self._ready: asyncio.Queue[_Job] = asyncio.Queue(maxsize=4 * s.max_batch)
-        self._preparing: set[asyncio.Task] = set()
+        self._handling: set[asyncio.Task] = set()  # one task per notice, from its read to its end
         self._chains: dict[str, asyncio.Future] = {}
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}  # session -> the last of its windows being prepared
         self._stopping = asyncio.Event()
@@ -121,9 +140,8 @@ class InferenceWorker:
         batcher = asyncio.create_task(self._batch_loop(), name="dmd-infer-batcher")
         try:
             await self._read_loop()
-            if self._preparing:
-                await asyncio.gather(*self._preparing, return_exceptions=True)
-            await self._ready.join()
+            if self._handling:
+                await asyncio.gather(*self._handling, return_exceptions=True)
         finally:
             batcher.cancel()
             await asyncio.gather(batcher, return_exceptions=True)
@@ -138,7 +156,7 @@ class InferenceWorker:
                 self._slots.release()
                 continue
             deliveries = await self.consumer.read(count=min(free, self.settings.max_batch), block_ms=200)
-            self.metrics.pending.set(len(self._preparing) + self._ready.qsize())
+            self.metrics.pending.set(len(self._handling))
             loop = asyncio.get_running_loop()
             for delivery in deliveries:
                 await self._slots.acquire()
@@ -152,45 +170,49 @@ class InferenceWorker:
                 mine = loop.create_future()
                 if session:
                     self._chains[session] = mine
-                task = asyncio.create_task(self._prepare(delivery, time.monotonic(), previous, mine))
-                self._preparing.add(task)
-                task.add_done_callback(self._preparing.discard)
+                task = asyncio.create_task(self._handle(delivery, time.monotonic(), previous, mine))
+                self._handling.add(task)
+                task.add_done_callback(self._handling.discard)
 
-    # -- preparing a window ------------------------------------------------------------------------
-    async def _prepare(self, delivery: Delivery, received: float, previous: asyncio.Future | None,
-                       mine: asyncio.Future) -> None:
-        queued = False
+    # -- one window, from its notice to its end ----------------------------------------------------
+    async def _handle(self, delivery: Delivery, received: float, previous: asyncio.Future | None,
+                      mine: asyncio.Future) -> None:
+        """A notice's whole life: read and queue its window, wait for the batch loop to publish its
+        estimate. The delivery's context manager ends it: acked once the estimate is published,
+        dead-lettered on a MessageError (a notice, session entry or estimate that can never be used),
+        left pending for a retry on any other error."""
         try:
-            try:
-                notice = delivery.decode(WindowNotice)
-            except MessageError as exc:
-                await self._dead(delivery, f"window notice: {exc}")
-                return
-            async with self._reads:
-                job = await self._read_window(delivery, notice, received)
-            if previous is not None:
-                await asyncio.shield(previous)
-            if job is None:
-                return
-            await self._ready.put(job)
-            queued = True
-        except MessageError as exc:
-            await self._dead(delivery, f"session data: {exc}")
+            async with delivery:
+                with _blamed("window notice"):
+                    notice = delivery.decode(WindowNotice)
+                async with self._reads:
+                    with _blamed("session data"):
+                        job = await self._read_window(delivery, notice, received)
+                if previous is not None:
+                    await asyncio.shield(previous)
+                job.published = asyncio.get_running_loop().create_future()
+                await self._ready.put(job)
+                self._queued(mine)
+                await job.published
         except Exception as exc:  # noqa: BLE001 - a worker must outlive any one window
             log.warning("window entry %s failed (%s: %s); it stays pending for a retry", delivery.id,
                         type(exc).__name__, exc)
             self.metrics.failures.inc()
-            delivery.release()
         finally:
-            if not mine.done():
-                mine.set_result(None)
-            for session, future in list(self._chains.items()):
-                if future is mine:
-                    del self._chains[session]
-            if not queued:
-                self._slots.release()
+            if delivery.outcome == "dead":
+                self.metrics.dead_letters.inc()
+            self._queued(mine)
+            self._slots.release()
 
-    async def _read_window(self, delivery: Delivery, notice: WindowNotice, received: float) -> _Job | None:
+    def _queued(self, mine: asyncio.Future) -> None:
+        """This window is queued for the model (or will never be): the next of its session may follow."""
+        if not mine.done():
+            mine.set_result(None)
+        for session, future in list(self._chains.items()):
+            if future is mine:
+                del self._chains[session]
+
+    async def _read_window(self, delivery: Delivery, notice: WindowNotice, received: float) -> _Job:
         session = Session(self.redis, notice.session)
         t0, t1 = notice.t_start, notice.t_end
         latency: dict[str, float] = {}
@@ -240,11 +262,6 @@ class InferenceWorker:
             job.window = align_window(job.words, job.audio, job.visual, job.notice.t_start, job.notice.t_end,
                                       text_encoder=enc)
 
-    async def _dead(self, delivery: Delivery, reason: str) -> None:
-        log.warning("dead letter %s: %s", delivery.id, reason)
-        self.metrics.dead_letters.inc()
-        await delivery.dead(reason)
-
     # -- batching, the model, publishing ---------------------------------------------------------------
     async def _batch_loop(self) -> None:
         s = self.settings
@@ -261,51 +278,35 @@ class InferenceWorker:
                                  await asyncio.wait_for(self._ready.get(), remaining))
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
-            try:
-                await self._run_batch(batch, loop)
-            finally:
-                for _ in batch:
-                    self._ready.task_done()
-                    self._slots.release()
+            await self._run_batch(batch, loop)
 
     async def _run_batch(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
-        start = time.monotonic()
+        """Align, predict and publish a batch, in window order; each job's `published` future gets
+        its outcome (None, or the error that ends its delivery)."""
         try:
+            start = time.monotonic()
             await loop.run_in_executor(self._prep_threads, self._align_batch, batch)
-        except MessageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - leave the windows pending for a retry
-            log.error("aligning a batch of %d windows failed (%s: %s)", len(batch), type(exc).__name__, exc)
-            self.metrics.failures.inc(len(batch))
-            for job in batch:
-                job.delivery.release()
-            return
-        align_ms = (time.monotonic() - start) * 1000
-        for job in batch:
-            job.latency["align"] = align_ms
-        arrays = stack_windows([job.window for job in batch])
-        start = time.monotonic()
-        try:
+            align_ms = (time.monotonic() - start) * 1000
+            arrays = stack_windows([job.window for job in batch])
+            start = time.monotonic()
             predictions = await loop.run_in_executor(
                 self._model_thread, self.predictor.predict, arrays["text"], arrays["audio"], arrays["visual"])
-        except Exception as exc:  # noqa: BLE001 - leave the windows pending for a retry
-            log.error("model failed on a batch of %d windows (%s: %s)", len(batch), type(exc).__name__, exc)
-            self.metrics.failures.inc(len(batch))
+            model_ms = (time.monotonic() - start) * 1000
+        except Exception as exc:  # noqa: BLE001 - every window of the batch ends with this error
+            log.error("a batch of %d windows failed before publishing (%s: %s)", len(batch), type(exc).__name__, exc)
             for job in batch:
-                job.delivery.release()
+                _settle(job, exc)
             return
-        model_ms = (time.monotonic() - start) * 1000
         self.metrics.batch_size.observe(len(batch))
         for job, prediction in zip(batch, predictions):
+            job.latency["align"] = align_ms
             try:
-                await self._publish(job, prediction, model_ms)
-            except MessageError as exc:
-                await self._dead(job.delivery, f"estimate: {exc}")
-            except Exception as exc:  # noqa: BLE001
-                log.warning("publishing window %d of %s failed (%s: %s); it stays pending", job.notice.window,
-                            job.notice.session, type(exc).__name__, exc)
-                self.metrics.failures.inc()
-                job.delivery.release()
+                with _blamed("estimate"):
+                    await self._publish(job, prediction, model_ms)
+            except Exception as exc:  # noqa: BLE001 - ends this window's delivery (dead letter or retry)
+                _settle(job, exc)
+            else:
+                _settle(job, None)
 
     async def _publish(self, job: _Job, prediction: Any, model_ms: float) -> None:
         notice, window = job.notice, job.window
@@ -335,7 +336,6 @@ class InferenceWorker:
             model=self.predictor.name, checkpoint=self.predictor.sha256[:16],
         )
         publication = await self.publisher.publish(estimate)
-        await job.delivery.ack()
         if publication.published:
             self.published += 1
             self.metrics.windows.inc()
@@ -343,8 +343,3 @@ class InferenceWorker:
         else:
             self.duplicates += 1
             self.metrics.duplicates.inc()
-
-
-def estimate_inputs(window: AlignedWindow) -> dict[str, np.ndarray]:
-    """The arrays of one aligned window as a batch of one (for tools and tests)."""
-    return stack_windows([window])
