@@ -131,9 +131,10 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
 
 async def bench_batching(args: argparse.Namespace) -> dict:
     from dmd_model.predict import Predictor
+    from dmd_types import Word
     from stream.keys import INFER_GROUP, WINDOWS
     from stream.lifecycle import start_session
-    from stream.messages import AcousticFrames, AsrWords, FaceFrames, Word
+    from stream.messages import AcousticFrames, AsrWords, FaceFrames
     from stream.session import Session
     from stream.window import WindowSpec
     from workers.infer.worker import InferenceWorker

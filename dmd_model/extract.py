@@ -70,6 +70,8 @@ from typing import Any
 
 import numpy as np
 
+from dmd_types import Word, normalise_text
+
 from .features.alignment import MODALITIES, align_window
 from .features.errors import FeatureError
 from .features.frames import Frames
@@ -83,7 +85,6 @@ from .features.profile import (
     get_profile,
 )
 from .features.text import TokenEmbeddings
-from .features.words import Word, normalise_text
 
 # Bump when what extraction computes changes (invalidates the caches and is recorded in the pickle).
 EXTRACT_VERSION = 1

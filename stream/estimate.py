@@ -35,9 +35,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dmd_types import Word
+
 from .codec import MessageError
 from .keys import validate_session_id
-from .messages import Word
+from .messages import word_from_dict, word_to_dict
 
 ESTIMATE_SCHEMA = 1
 MODALITIES: tuple[str, str, str] = ("text", "audio", "visual")
@@ -91,7 +93,7 @@ class Estimate:
                            for m, r in self.modalities.items()},
             "edges": {"homo": [list(row) for row in self.edges_homo],
                       "hetero": [list(row) for row in self.edges_hetero]},
-            "words": [w.to_dict() for w in self.words],
+            "words": [word_to_dict(w) for w in self.words],
             "latency_ms": dict(self.latency_ms),
             "model": {"name": self.model, "checkpoint": self.checkpoint},
         }
@@ -110,7 +112,7 @@ class Estimate:
             sentiment=d["sentiment"], smoothed=d["smoothed"], label=d["label"],
             modalities={m: ModalityResult(**d["modalities"][m]) for m in MODALITIES},
             edges_homo=d["edges"]["homo"], edges_hetero=d["edges"]["hetero"],
-            words=tuple(Word.from_dict(w) for w in d["words"]), latency_ms=dict(d["latency_ms"]),
+            words=tuple(word_from_dict(w) for w in d["words"]), latency_ms=dict(d["latency_ms"]),
             model=d["model"]["name"], checkpoint=d["model"]["checkpoint"],
         )
 
@@ -232,7 +234,7 @@ def validate_estimate(d: Mapping[str, Any]) -> None:
     if not isinstance(d["words"], list):
         raise MessageError(f"{d['words']!r} is not a list", "words")
     for w in d["words"]:
-        Word.from_dict(w)
+        word_from_dict(w)
     latency = _obj(d["latency_ms"], "latency_ms")
     for part, ms in latency.items():
         if not isinstance(part, str):

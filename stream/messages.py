@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from dmd_types import Word
+
 from .codec import MessageError, pack, unpack
 from .keys import validate_session_id
 
@@ -262,35 +264,36 @@ class FaceFrames(Message):
         return cls(t=body["t"], features=body["features"], face=body["face"])
 
 
-@dataclass(frozen=True)
-class Word:
-    """A recognised word with its session times and the recogniser's confidence in [0, 1]."""
+def checked_word(word: Any) -> Word:
+    """`word` if it can be sent: a `Word` with non-empty text, a start >= 0, an end not before the
+    start and a confidence in [0, 1], all finite; MessageError naming the field otherwise."""
+    if not isinstance(word, Word):
+        raise MessageError(f"{word!r} is not a Word", "words")
+    if not isinstance(word.text, str) or not word.text.strip():
+        raise MessageError(f"{word.text!r} is not a non-empty string", "words.word")
+    start = _number(word.start, "words.start", low=0.0)
+    end = _number(word.end, "words.end")
+    if end < start:
+        raise MessageError(f"word {word.text!r} ends at {end}, before it starts ({start})", "words.end")
+    confidence = _number(word.confidence, "words.confidence", 0.0, 1.0)
+    if (start, end, confidence) == (word.start, word.end, word.confidence):
+        return word
+    return Word(word.text, start, end, confidence)
 
-    word: str
-    start: float
-    end: float
-    confidence: float = 1.0
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.word, str) or not self.word.strip():
-            raise MessageError(f"{self.word!r} is not a non-empty string", "words.word")
-        object.__setattr__(self, "start", _number(self.start, "words.start", low=0.0))
-        object.__setattr__(self, "end", _number(self.end, "words.end"))
-        if self.end < self.start:
-            raise MessageError(f"word {self.word!r} ends at {self.end}, before it starts ({self.start})", "words.end")
-        object.__setattr__(self, "confidence", _number(self.confidence, "words.confidence", 0.0, 1.0))
+def word_to_dict(word: Word) -> dict[str, Any]:
+    """A word as the wire and the estimate carry it: {"word", "start", "end", "confidence"}."""
+    return {"word": word.text, "start": word.start, "end": word.end, "confidence": word.confidence}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"word": self.word, "start": self.start, "end": self.end, "confidence": self.confidence}
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Word:
-        if not isinstance(d, Mapping):
-            raise MessageError(f"{d!r} is not a map with word, start, end, confidence", "words")
-        try:
-            return cls(word=d["word"], start=d["start"], end=d["end"], confidence=d["confidence"])
-        except KeyError as exc:
-            raise MessageError(f"a word has no {exc.args[0]!r}", f"words.{exc.args[0]}") from None
+def word_from_dict(d: Any) -> Word:
+    """Inverse of `word_to_dict`, checked (`checked_word`)."""
+    if not isinstance(d, Mapping):
+        raise MessageError(f"{d!r} is not a map with word, start, end, confidence", "words")
+    try:
+        return checked_word(Word(d["word"], d["start"], d["end"], d["confidence"]))
+    except KeyError as exc:
+        raise MessageError(f"a word has no {exc.args[0]!r}", f"words.{exc.args[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -304,16 +307,16 @@ class AsrWords(Message):
     watermark: float
 
     def __post_init__(self) -> None:
-        words = tuple(w if isinstance(w, Word) else Word.from_dict(w) for w in self.words)
+        words = tuple(checked_word(w) if isinstance(w, Word) else word_from_dict(w) for w in self.words)
         object.__setattr__(self, "words", words)
         watermark = _number(self.watermark, "words.watermark", low=0.0)
         object.__setattr__(self, "watermark", watermark)
         for i, w in enumerate(words):
             if w.end > watermark:
-                raise MessageError(f"word {i} ({w.word!r}) ends at {w.end}, after the watermark {watermark}: "
+                raise MessageError(f"word {i} ({w.text!r}) ends at {w.end}, after the watermark {watermark}: "
                                    f"commit words only up to the watermark", "words.end")
             if i and w.start < words[i - 1].start:
-                raise MessageError(f"word {i} ({w.word!r}) starts at {w.start}, before word {i - 1}: words must "
+                raise MessageError(f"word {i} ({w.text!r}) starts at {w.start}, before word {i - 1}: words must "
                                    f"be in time order", "words.start")
 
     @property
@@ -321,14 +324,14 @@ class AsrWords(Message):
         return self.watermark
 
     def body(self) -> dict[str, Any]:
-        return {"words": [w.to_dict() for w in self.words], "watermark": self.watermark}
+        return {"words": [word_to_dict(w) for w in self.words], "watermark": self.watermark}
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> AsrWords:
         words = body["words"]
         if not isinstance(words, list):
             raise MessageError(f"is a {type(words).__name__}, expected a list", "words.words")
-        return cls(words=tuple(Word.from_dict(w) for w in words), watermark=body["watermark"])
+        return cls(words=tuple(word_from_dict(w) for w in words), watermark=body["watermark"])
 
 
 @dataclass(frozen=True)

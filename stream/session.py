@@ -36,10 +36,12 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from dmd_types import Word
+
 from .connection import CONNECTION_ERRORS, Backoff, retry_outage
 from .estimate import Estimate
 from .keys import WINDOWS, SessionKeys, parse_session_key, session_key_pattern
-from .messages import AsrWords, Message, WindowNotice, Word, decode
+from .messages import AsrWords, Message, WindowNotice, decode
 from .publish import ESTIMATE_FIELD
 from .window import Window
 

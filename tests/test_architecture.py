@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dmd_model", "stream", "workers", "configs")
+PACKAGES = ("dmd_types", "dmd_model", "stream", "workers", "configs")
 
 grimp = pytest.importorskip("grimp", reason="import-linter (and its grimp) is a test dependency: pip install -e .[dev]")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.asr.engine import Engine, NoEngine, TimedWord, normalise_text, normalise_word, word_error_rate
-from workers.asr.whisper import HypWord, LocalAgreement, hyp_words
+from dmd_types import Word, normalise_text, normalise_word
+from workers.asr.engine import Engine, NoEngine, word_error_rate
+from workers.asr.whisper import LocalAgreement, ends_sentence, hyp_words, word_key
 
 
 @pytest.mark.parametrize(("raw", "words"), [
@@ -28,15 +29,6 @@ def test_words_are_lower_case_without_punctuation(raw: str, words: list[str]) ->
     assert normalise_word(raw) == words
 
 
-def test_normalisation_matches_the_feature_profile_when_it_is_importable() -> None:
-    words = pytest.importorskip("dmd_model.features.words")
-    if not hasattr(words, "normalise_word"):
-        pytest.skip("dmd_model.features.words has no normalise_word")
-    samples = [" Hello,", "I'm", "don’t", "well-known", "-sposed.", "Mr.", "...", "[unk]", "<noise>", "(laughs)",
-               "1,000", "헬멧", "Self-Explanatory!", "rock'n'roll", "e-mail:", "U.S.A."]
-    assert [normalise_word(s) for s in samples] == [words.normalise_word(s) for s in samples]
-
-
 def test_word_error_rate_counts_substitutions_deletions_and_insertions() -> None:
     ref = normalise_text("He was not an ill disposed young man")
     assert word_error_rate(ref, ref) == 0.0
@@ -48,13 +40,13 @@ def test_word_error_rate_counts_substitutions_deletions_and_insertions() -> None
 
 # --- LocalAgreement-2 on synthetic hypotheses --------------------------------------------------------
 
-def hyp(text: str, t0: float = 0.0, step: float = 0.5) -> list[HypWord]:
+def hyp(text: str, t0: float = 0.0, step: float = 0.5) -> list[Word]:
     """A hypothesis: word i spans [t0 + i*step, t0 + (i+1)*step]."""
     return hyp_words([(w, t0 + i * step, t0 + (i + 1) * step, 0.9) for i, w in enumerate(text.split())])
 
 
-def keys(words: list[HypWord]) -> str:
-    return " ".join(w.key for w in words)
+def keys(words: list[Word]) -> str:
+    return " ".join(word_key(w) for w in words)
 
 
 def test_local_agreement_commits_the_common_prefix_of_two_hypotheses() -> None:
@@ -112,7 +104,7 @@ def test_force_commits_pending_words_that_end_early_enough() -> None:
 
 def test_sentence_ends_are_found_but_not_after_abbreviations() -> None:
     words = hyp_words([(" Mr.", 0, 0.3, 1), (" John", 0.3, 0.6, 1), (" came.", 0.6, 0.9, 1), (' "Yes?"', 1, 1.2, 1)])
-    assert [w.sentence_end for w in words] == [False, False, True, True]
+    assert [ends_sentence(w) for w in words] == [False, False, True, True]
 
 
 # --- the engine base ---------------------------------------------------------------------------------
@@ -124,7 +116,7 @@ class Scripted(Engine):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.next: tuple[list[TimedWord], float] = ([], 0.0)
+        self.next: tuple[list[Word], float] = ([], 0.0)
         self.fed: list[int] = []
         self.restarted: list[float] = []
 
@@ -136,7 +128,7 @@ class Scripted(Engine):
         return result
 
     def _finish(self):
-        return [TimedWord("end.", self.audio_end - 0.1, self.audio_end)], self.audio_end
+        return [Word("end.", self.audio_end - 0.1, self.audio_end)], self.audio_end
 
     def _restart(self):
         self.restarted.append(self.audio_end)
@@ -150,9 +142,9 @@ def silence(seconds: float) -> np.ndarray:
 def test_the_watermark_never_goes_back_and_covers_every_word() -> None:
     e = Scripted()
     e.feed(silence(2.0), 1.0)  # the session's audio starts at 1.0 s
-    e.next = ([TimedWord("Hello,", 1.2, 1.5)], 1.0)  # a candidate below the word's end
+    e.next = ([Word("Hello,", 1.2, 1.5)], 1.0)  # a candidate below the word's end
     words, wm = e.take()
-    assert [(w.word, w.start, w.end) for w in words] == [("hello", 1.2, 1.5)] and wm == 1.5
+    assert [(w.text, w.start, w.end) for w in words] == [("hello", 1.2, 1.5)] and wm == 1.5
     e.next = ([], 2.5)
     assert e.take() == ([], 2.5)
     e.next = ([], 2.0)  # an engine whose candidate goes back: the watermark stays
@@ -166,9 +158,9 @@ def test_a_word_found_before_the_watermark_is_moved_to_it_and_counted() -> None:
     e.feed(silence(3.0), 0.0)
     e.next = ([], 2.0)
     e.take()
-    e.next = ([TimedWord("late", 1.8, 2.3), TimedWord("early", 1.0, 1.2), TimedWord("ok", 2.4, 2.6)], 2.6)
+    e.next = ([Word("late", 1.8, 2.3), Word("early", 1.0, 1.2), Word("ok", 2.4, 2.6)], 2.6)
     words, wm = e.take()
-    assert [(w.word, w.start) for w in words] == [("late", 2.0), ("early", 2.0), ("ok", 2.4)]
+    assert [(w.text, w.start) for w in words] == [("late", 2.0), ("early", 2.0), ("ok", 2.4)]
     assert words[1].end == 2.0 and wm == 2.6
     assert e.stats()["late_words"] == 2
 
@@ -181,7 +173,7 @@ def test_gaps_are_filled_up_to_a_second_and_a_longer_gap_restarts_the_clock() ->
     e.feed(silence(1.0), 10.0)  # 7.5 s missing: the run ends, the clock starts again at 10.0
     assert e.restarted == [pytest.approx(2.5)] and e.origin == 10.0 and e.audio_end == pytest.approx(11.0)
     words, wm = e.take()
-    assert [w.word for w in words] == ["end"] and wm == 10.0  # nothing was said in the gap
+    assert [w.text for w in words] == ["end"] and wm == 10.0  # nothing was said in the gap
     e.feed(silence(1.0), 10.5)  # overlaps what was fed: only the new half second is used
     assert e.fed[-1] == 8000 and e.audio_end == pytest.approx(11.5)
 
@@ -191,9 +183,9 @@ def test_a_resumed_engine_drops_the_words_an_earlier_run_committed() -> None:
     e.resume_from(5.0)
     e.feed(silence(3.0), 3.0)  # two seconds of context before the resume point
     assert e.take() == ([], 5.0)
-    e.next = ([TimedWord("said", 3.5, 4.0), TimedWord("cut", 4.95, 5.3), TimedWord("new", 5.4, 5.8)], 5.8)
+    e.next = ([Word("said", 3.5, 4.0), Word("cut", 4.95, 5.3), Word("new", 5.4, 5.8)], 5.8)
     words, wm = e.take()
-    assert [(w.word, w.start) for w in words] == [("cut", 5.0), ("new", 5.4)] and wm == 5.8
+    assert [(w.text, w.start) for w in words] == [("cut", 5.0), ("new", 5.4)] and wm == 5.8
     assert e.stats()["context_words"] == 1 and e.stats()["late_words"] == 0
     with pytest.raises(RuntimeError, match="resume_from after audio was fed"):
         e.resume_from(6.0)
@@ -203,7 +195,7 @@ def test_finish_gives_the_last_words_and_the_end_of_audio() -> None:
     e = Scripted()
     e.feed(silence(2.0), 0.5)
     words, wm = e.finish()
-    assert [(w.word, w.start, w.end) for w in words] == [("end", pytest.approx(2.4), 2.5)] and wm == 2.5
+    assert [(w.text, w.start, w.end) for w in words] == [("end", pytest.approx(2.4), 2.5)] and wm == 2.5
     with pytest.raises(RuntimeError, match="feed after finish"):
         e.feed(silence(0.1), 2.5)
 

@@ -56,7 +56,7 @@ def test_vosk_gives_words_with_times_at_each_pause_of_real_speech() -> None:
     stats = engine.stats()
     print(f"\nVosk (Korean model) on {t - t0:.1f} s of English speech: {len(words)} words, "
           f"{sum(1 for got in takes if got)} final results before finish, watermarks {marks[::8]}, {stats}")
-    print("  " + " ".join(f"{w.word}@{w.start:.2f}" for w in words))
+    print("  " + " ".join(f"{w.text}@{w.start:.2f}" for w in words))
     assert sum(1 for got in takes if got) >= 1, "expected final results before the end"
     assert len(words) >= 10
     assert all(a.start <= b.start for a, b in itertools.pairwise(words))

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.asr.engine import normalise_text, word_error_rate
+from dmd_types import normalise_text
+from workers.asr.engine import word_error_rate
 from workers.asr.whisper import (
     WHISPER_PACKAGE,
     WhisperEngine,
@@ -76,7 +77,7 @@ def check_order(words, marks, t_start: float, t_end: float) -> None:
     assert all(a.start <= b.start for a, b in itertools.pairwise(words)), "words out of order"
     for w in words:
         assert t_start <= w.start <= w.end <= t_end + 1e-6, w
-        assert w.word == w.word.lower() and normalise_text(w.word) == [w.word]
+        assert w.text == w.text.lower() and normalise_text(w.text) == [w.text]
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +98,15 @@ def test_embedded_whisper_transcribes_the_librivox_utterances_as_they_stream(mod
         duration = len(pcm) / 16000
         check_order(words, marks, 0.0, duration)
         ref = normalise_text(text)
-        wer = word_error_rate(ref, [w.word for w in words])
+        wer = word_error_rate(ref, [w.text for w in words])
         errors += wer * len(ref)
         total += len(ref)
         stats = engine.stats()
         cpu += stats["cpu_s"]
         audio += stats["audio_s"]
         rows.append((name[-4:], len(ref), wer, before_finish, stats["passes"], stats["cpu_share"],
-                     " ".join(w.word for w in words)))
-        assert wer < 0.5, (name, wer, [w.word for w in words])
+                     " ".join(w.text for w in words)))
+        assert wer < 0.5, (name, wer, [w.text for w in words])
         if duration > 5:
             assert before_finish >= len(ref) // 2, "LocalAgreement committed too little while streaming"
     overall = errors / total
@@ -136,7 +137,7 @@ def test_a_long_session_with_pauses_is_trimmed_skips_silence_and_keeps_session_t
     check_order(words, marks, 5.0, t)
     wers = []
     for (a, b), ref in zip(spans, texts):
-        said = [w.word for w in words if a - 0.3 <= (w.start + w.end) / 2 <= b + 0.3]
+        said = [w.text for w in words if a - 0.3 <= (w.start + w.end) / 2 <= b + 0.3]
         wers.append(word_error_rate(ref, said))
     outside = [w for w in words if not any(a - 0.3 <= (w.start + w.end) / 2 <= b + 0.3 for a, b in spans)]
     stats = engine.stats()

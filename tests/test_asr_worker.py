@@ -19,12 +19,13 @@ import pytest
 import redis as sync_redis
 from redis_fixtures import eventually
 
+from dmd_types import normalise_text
 from stream.connection import connect
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
 from stream.lifecycle import end_session, start_session
 from stream.messages import AsrWords, AudioChunk
 from stream.session import Session, time_to_ms
-from workers.asr.engine import NoEngine, normalise_text, word_error_rate
+from workers.asr.engine import NoEngine, word_error_rate
 from workers.asr.factory import make_engine_factory
 from workers.asr.worker import AsrSession, AsrWorker
 from workers.cli import build_parser
@@ -157,7 +158,7 @@ def test_the_worker_finds_a_session_and_writes_its_words_as_the_audio_comes(redi
         await serving
         entries = await words_entries(r, "dana")
         words = check_words_stream(entries, end)
-        wer = word_error_rate(transcript("0870"), [w.word for w in words])
+        wer = word_error_rate(transcript("0870"), [w.text for w in words])
         print(f"\nworker on {end:.2f} s pushed at 4x real time: {len(entries)} entries, WER {wer:.3f}, "
               f"{sum(len(m.words) for _, m in during)} words before the end event, {worker.stats()['finished']}")
         assert wer < 0.35
@@ -233,7 +234,7 @@ def test_a_killed_workers_session_is_claimed_and_resumed_without_repeating_words
         entries = await words_entries(r, "frank")
         words = check_words_stream(entries, end)
         reference = transcript("0870") + transcript("0930")
-        said = [w.word for w in words]
+        said = [w.text for w in words]
         wer = word_error_rate(reference, said)
         print(f"\nkilled at watermark {killed_at:.2f} s with {sum(len(m.words) for _, m in before)} words; worker 2 "
               f"resumed from {result.resumed_from:.2f} s; WER of the whole session {wer:.3f}: {' '.join(said)}")

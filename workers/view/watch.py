@@ -89,7 +89,7 @@ class TerminalView:
     @staticmethod
     def line(e: Estimate) -> str:
         present = "".join(m[0].upper() if e.modalities[m].present else "." for m in ("text", "audio", "visual"))
-        words = " ".join(w.word for w in e.words)[-40:]
+        words = " ".join(w.text for w in e.words)[-40:]
         total = e.latency_ms.get("notice_to_publish")
         latency = f"{total:5.0f} ms" if total is not None else ""
         return (f"{e.session:<12} {e.t_end:7.1f}s {sentiment_bar(e.sentiment)} {e.sentiment:+.2f} "
@@ -109,7 +109,7 @@ class TerminalView:
             table.add_row(e.session, f"{e.t_end:.1f}s", sentiment_bar(e.sentiment), f"{e.sentiment:+.2f}",
                           f"{e.smoothed:+.2f}", f"[{colour}]{e.label}[/{colour}]", present,
                           f"{total:.0f} ms" if total is not None else "-",
-                          " ".join(w.word for w in e.words)[-48:])
+                          " ".join(w.text for w in e.words)[-48:])
         return table
 
 

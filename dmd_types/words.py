@@ -1,21 +1,18 @@
-"""Timed words and the one text normalisation used everywhere.
+"""Timed words, and the one text normalisation used everywhere.
 
 Training text (the MOSI transcripts) is lower-case words without punctuation ("im not even gonna
 sugar coat this"); recognisers give cased, punctuated words (Whisper: " I'm", "this."). Every word
-goes through `normalise_word` before the text model or the forced aligner sees it, so training
-and live text look alike: lower case, apostrophes dropped ("I'm" -> "im", as MOSI writes it),
-other punctuation splits ("well-known" -> "well", "known"), and recogniser markers such as
-"[noise]", "<unk>" or "(laughs)" are dropped.
+goes through `normalise_word` before the text model or the forced aligner sees it, so training and
+live text look alike: lower case, apostrophes dropped ("I'm" -> "im", as MOSI writes it), other
+punctuation splits ("well-known" -> "well", "known"), and recogniser markers such as "[noise]",
+"<unk>" or "(laughs)" are dropped.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from .errors import FeatureError
 
 _MARKER = re.compile(r"^\s*[\[<(].*[\]>)]\s*$")
 _APOSTROPHES = re.compile(r"['\u2019\u2018`]")
@@ -24,17 +21,16 @@ _SPLIT = re.compile(r"[\W_]+")
 
 @dataclass(frozen=True)
 class Word:
-    """A word and its time span on the session clock (seconds); `confidence` from the recogniser
-    or aligner (forced alignment: 1.0 aligned, 0.0 when its time was interpolated)."""
+    """A word and its time span on the session clock (seconds), with a confidence in [0, 1] from
+    the recogniser or aligner (forced alignment: 1.0 aligned, 0.0 when its time was interpolated).
+
+    A plain value: it is checked where it enters a part that relies on it (the stream's encoder and
+    decoder, the alignment), each with its own error."""
 
     text: str
     start: float
     end: float
-    confidence: float | None = None
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.start) and math.isfinite(self.end)):
-            raise FeatureError(f"word {self.text!r} has times {self.start}, {self.end}: give finite seconds")
+    confidence: float = 1.0
 
     @property
     def duration(self) -> float:
@@ -54,9 +50,9 @@ def normalise_text(text: str) -> list[str]:
 
 
 def normalise_words(words: Iterable[Word]) -> list[Word]:
-    """Timed words normalised and sorted by start time. A word that splits into several shares its
-    span out evenly among them; a word that normalises to nothing is dropped; an end before the
-    start is taken as the start (a zero-length word)."""
+    """Timed words normalised, in the order given. A word that splits into several shares its span
+    out evenly among them; a word that normalises to nothing is dropped; an end before the start is
+    taken as the start (a zero-length word)."""
     out: list[Word] = []
     for word in words:
         parts = normalise_word(word.text)
@@ -64,4 +60,4 @@ def normalise_words(words: Iterable[Word]) -> list[Word]:
         step = (end - word.start) / max(1, len(parts))
         for i, part in enumerate(parts):
             out.append(Word(part, word.start + i * step, word.start + (i + 1) * step, word.confidence))
-    return sorted(out, key=lambda w: (w.start, w.end))  # stable: simultaneous words keep their order
+    return out
