@@ -130,11 +130,12 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
 
 
 async def bench_batching(args: argparse.Namespace) -> dict:
+    from dmd_model.features import voiced_mask
     from dmd_model.predict import Predictor
-    from dmd_types import Word
+    from dmd_types import Frames, Word
     from stream.keys import INFER_GROUP, WINDOWS
     from stream.lifecycle import start_session
-    from stream.messages import AcousticFrames, AsrWords, FaceFrames
+    from stream.messages import ACOUSTIC, FACE, AsrWords
     from stream.session import Session
     from stream.window import WindowSpec
     from workers.infer.worker import InferenceWorker
@@ -155,9 +156,10 @@ async def bench_batching(args: argparse.Namespace) -> dict:
             session = Session(redis, sid)
             await start_session(redis, sid, "synthetic", {"asr": "none", "has_audio": True, "has_video": True})
             t = np.arange(0.01, seconds, 0.01)
-            await session.add(AcousticFrames(t, rng.normal(size=(len(t), 25)).astype(np.float32)))
+            afeat = rng.normal(size=(len(t), 25)).astype(np.float32)
+            await session.add(Frames(t, afeat, voiced_mask(afeat)), ACOUSTIC)
             tv = np.arange(0.0, seconds, 1 / 15)
-            await session.add(FaceFrames(tv, rng.random((len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)))
+            await session.add(Frames(tv, rng.random((len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)), FACE)
             words = [Word(vocab[(i + k) % len(vocab)], k * 0.4, k * 0.4 + 0.3) for k in range(int(seconds / 0.4))]
             await session.add(AsrWords(words, seconds))
         settings = load_settings(overrides={"inference": {"max_batch": max_batch, "max_wait_ms": 5}}).inference

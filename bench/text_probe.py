@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dmd_model.features.words import normalise_text  # noqa: E402
+from dmd_types import normalise_text  # noqa: E402
 from dmd_model.metrics import regression_metrics  # noqa: E402
 
 DEFAULT_LABELS = ROOT.parent / "shared" / "data" / "labels"

@@ -70,11 +70,10 @@ from typing import Any
 
 import numpy as np
 
-from dmd_types import Word, normalise_text
+from dmd_types import Frames, Word, normalise_text
 
 from .features.alignment import MODALITIES, align_window
 from .features.errors import FeatureError
-from .features.frames import Frames
 from .features.profile import (
     AUDIO_NAMES,
     PROFILE,

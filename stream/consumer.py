@@ -55,10 +55,10 @@ from redis.exceptions import ResponseError
 from .codec import MessageError, pack, unpack
 from .connection import CONNECTION_ERRORS, Backoff, retry_outage
 from .keys import DEAD, INFER_GROUP, WINDOWS
-from .messages import Message
+from .messages import from_fields
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=Message)
+M = TypeVar("M")
 
 
 def _text(value: bytes | str) -> str:
@@ -95,7 +95,7 @@ class Delivery:
         return bool(self.outcome)
 
     def decode(self, kind: type[M]) -> M:
-        return kind.from_fields(self.fields)  # type: ignore[return-value]
+        return from_fields(self.fields, kind)
 
     async def ack(self) -> None:
         """The result is published: acknowledge the entry."""

@@ -13,19 +13,18 @@ which it carries data. The session streams use it as the entry id (see `stream.s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from dmd_types import Word
+from dmd_types import SAMPLE_RATE, Frames, PcmChunk, Word
 
 from .codec import MessageError, pack, unpack
 from .keys import validate_session_id
 
 SCHEMA = 1
-SAMPLE_RATE = 16000
 AUDIO_FEATURES = 25  # eGeMAPSv02 low-level descriptors
 FACE_FEATURES = 55  # 52 blendshapes + yaw, pitch, roll
 
@@ -99,11 +98,66 @@ def _frames(value: Any, name: str, n: int, width: int) -> np.ndarray:
 
 # --- messages ------------------------------------------------------------------------------------
 
-class Message:
-    """Base of the stream messages: `to_fields` / `from_fields` for XADD and XRANGE."""
+@dataclass(frozen=True)
+class Codec:
+    """How one kind of value travels on a stream: its message `type` (also the session stream it
+    goes to: audio, afeat, vfeat, words), its body as a map, and back (checked)."""
 
-    type: ClassVar[str]  # also the session stream the message goes to (audio, afeat, vfeat, words)
+    type: str
+    body: Callable[[Any], dict[str, Any]]
+    from_body: Callable[[Mapping[str, Any]], Any]
+
+
+_CODECS: dict[type, Codec] = {}
+
+
+Kind = Any  # a message class, PcmChunk, or a FrameKind (ACOUSTIC, FACE)
+
+
+def codec(kind: Kind) -> Codec | FrameKind:
+    """The codec of values of `kind`: a message class, a `dmd_types` value sent as it is, or a
+    `FrameKind` (which is its own codec)."""
+    if isinstance(kind, FrameKind):
+        return kind
+    if kind is Frames:
+        raise TypeError("Frames go to one of two streams: give the kind, ACOUSTIC (afeat) or FACE (vfeat)")
+    try:
+        return _CODECS[kind]
+    except (KeyError, TypeError):
+        name = getattr(kind, "__name__", repr(kind))
+        raise TypeError(f"{name} is not a message of the streams: send one of "
+                        f"{', '.join(sorted(k.__name__ for k in _CODECS))}, or Frames as ACOUSTIC or FACE") from None
+
+
+def to_fields(value: Any, kind: Kind | None = None) -> dict[str, bytes]:
+    """The stream entry of `value` (of `kind`, by default its class): `{"v": b"1", "m": msgpack}`;
+    MessageError if it cannot be sent."""
+    c = codec(type(value) if kind is None else kind)
+    return {"v": str(SCHEMA).encode(), "m": pack({"type": c.type, **c.body(value)})}
+
+
+def from_fields(fields: Mapping[Any, Any], kind: Kind) -> Any:
+    """Decode and check a stream entry holding a `kind`; MessageError with the reason if it cannot."""
+    c = codec(kind)
+    body = _entry_body(fields)
+    if body.get("type") != c.type:
+        raise MessageError(f"entry holds a {body.get('type')!r} message, expected {c.type!r}", "type")
+    try:
+        return c.from_body(body)
+    except KeyError as exc:
+        raise MessageError(f"{c.type} message has no field {exc.args[0]!r}", str(exc.args[0])) from None
+
+
+class Message:
+    """Base of the messages that exist only on the streams (the values of `dmd_types` are sent as
+    they are): `to_fields` / `from_fields` for XADD and XRANGE."""
+
+    type: ClassVar[str]  # also the session stream the message goes to (afeat, vfeat, words)
     # Every message has `t_end`, the session time up to which it carries data (a property or a field).
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _CODECS[cls] = Codec(cls.type, cls.body, cls.from_body)
 
     def body(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -114,18 +168,12 @@ class Message:
 
     def to_fields(self) -> dict[str, bytes]:
         """The stream entry: `{"v": b"1", "m": msgpack}`."""
-        return {"v": str(SCHEMA).encode(), "m": pack({"type": self.type, **self.body()})}
+        return to_fields(self)
 
     @classmethod
     def from_fields(cls, fields: Mapping[Any, Any]) -> Message:
         """Decode and validate a stream entry; raises MessageError with the reason."""
-        body = _entry_body(fields)
-        if body.get("type") != cls.type:
-            raise MessageError(f"entry holds a {body.get('type')!r} message, expected {cls.type!r}", "type")
-        try:
-            return cls.from_body(body)
-        except KeyError as exc:
-            raise MessageError(f"{cls.type} message has no field {exc.args[0]!r}", str(exc.args[0])) from None
+        return from_fields(fields, cls)
 
 
 def _entry_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
@@ -147,121 +195,72 @@ def _entry_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
     return body
 
 
-@dataclass(frozen=True, eq=False)
-class AudioChunk(Message):
-    """PCM audio: 16 kHz mono int16 samples starting at session time `t0` (typically 100 ms)."""
-
-    type: ClassVar[str] = "audio"
-    t0: float
-    pcm: np.ndarray
-    sample_rate: int = SAMPLE_RATE
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "t0", _number(self.t0, "audio.t0", low=0.0))
-        rate = _integer(self.sample_rate, "audio.sample_rate")
-        if rate != SAMPLE_RATE:
-            raise MessageError(f"audio chunk has {rate} Hz, expected {SAMPLE_RATE}: resample to 16 kHz before "
-                               f"sending", "audio.sample_rate")
-        pcm = _array(self.pcm, "audio.pcm")
-        if pcm.ndim == 2 and pcm.shape[1] > 1:
-            raise MessageError(f"has shape {pcm.shape}: {pcm.shape[1]} channels, expected mono: mix down first",
-                               "audio.pcm")
-        if pcm.ndim != 1:
-            raise MessageError(f"has shape {pcm.shape}, expected (samples,)", "audio.pcm")
-        if pcm.dtype != np.int16:
-            raise MessageError(f"dtype is {pcm.dtype}, expected int16 PCM", "audio.pcm")
-        if len(pcm) == 0:
-            raise MessageError("is empty: send chunks with at least one sample", "audio.pcm")
-
-    @property
-    def samples(self) -> int:
-        return len(self.pcm)
-
-    @property
-    def t_end(self) -> float:
-        return self.t0 + self.samples / self.sample_rate
-
-    def body(self) -> dict[str, Any]:
-        return {"t0": self.t0, "samples": self.samples, "sample_rate": self.sample_rate, "pcm": self.pcm}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> AudioChunk:
-        chunk = cls(t0=body["t0"], pcm=body["pcm"], sample_rate=body["sample_rate"])
-        samples = _integer(body["samples"], "audio.samples", low=1)
-        if samples != chunk.samples:
-            raise MessageError(f"says {samples} samples but the PCM holds {chunk.samples}", "audio.samples")
-        return chunk
+def _pcm_body(chunk: PcmChunk) -> dict[str, Any]:
+    """A PCM chunk on the audio stream: 16 kHz mono int16 samples from session time `t0`."""
+    t0 = _number(chunk.t0, "audio.t0", low=0.0)
+    pcm = _array(chunk.pcm, "audio.pcm")
+    if pcm.ndim == 2 and pcm.shape[1] > 1:
+        raise MessageError(f"has shape {pcm.shape}: {pcm.shape[1]} channels, expected mono: mix down first",
+                           "audio.pcm")
+    if pcm.ndim != 1:
+        raise MessageError(f"has shape {pcm.shape}, expected (samples,)", "audio.pcm")
+    if pcm.dtype != np.int16:
+        raise MessageError(f"dtype is {pcm.dtype}, expected int16 PCM", "audio.pcm")
+    if len(pcm) == 0:
+        raise MessageError("is empty: send chunks with at least one sample", "audio.pcm")
+    return {"t0": t0, "samples": len(pcm), "sample_rate": SAMPLE_RATE, "pcm": pcm}
 
 
-@dataclass(frozen=True, eq=False)
-class AcousticFrames(Message):
-    """Acoustic feature frames (eGeMAPS low-level descriptors, 100 Hz): float32 (n, 25), one session
-    time per frame."""
+def _pcm_from_body(body: Mapping[str, Any]) -> PcmChunk:
+    rate = _integer(body["sample_rate"], "audio.sample_rate")
+    if rate != SAMPLE_RATE:
+        raise MessageError(f"audio chunk has {rate} Hz, expected {SAMPLE_RATE}: resample to 16 kHz before "
+                           f"sending", "audio.sample_rate")
+    checked = _pcm_body(PcmChunk(body["t0"], body["pcm"]))
+    samples = _integer(body["samples"], "audio.samples", low=1)
+    if samples != checked["samples"]:
+        raise MessageError(f"says {samples} samples but the PCM holds {checked['samples']}", "audio.samples")
+    return PcmChunk(checked["t0"], checked["pcm"])
 
-    type: ClassVar[str] = "afeat"
-    width: ClassVar[int] = AUDIO_FEATURES
-    t: np.ndarray
-    features: np.ndarray
 
-    def __post_init__(self) -> None:
-        t = _times(self.t, f"{self.type}.t")
+_CODECS[PcmChunk] = Codec("audio", _pcm_body, _pcm_from_body)
+
+
+@dataclass(frozen=True)
+class FrameKind:
+    """A stream of feature frames (`dmd_types.Frames`): its name (afeat, vfeat), how many features a
+    frame has, and the name its presence flag has on the wire. It is the codec of those frames:
+    `Session.add(frames, ACOUSTIC)`, `Session.read_frames(FACE, t0, t1)`."""
+
+    type: str
+    width: int
+    flag: str
+
+    def body(self, frames: Frames) -> dict[str, Any]:
+        if not isinstance(frames, Frames):
+            raise MessageError(f"expected Frames, got {type(frames).__name__}", self.type)
+        t = _times(frames.times, f"{self.type}.t")
         if len(t) == 0:
             raise MessageError("is empty: send at least one frame", f"{self.type}.t")
-        object.__setattr__(self, "t", t)
-        _frames(self.features, f"{self.type}.features", len(t), self.width)
+        _frames(frames.values, f"{self.type}.features", len(t), self.width)
+        return {"t": t, "features": frames.values, self.flag: frames.present}
 
-    @property
-    def frames(self) -> int:
-        return len(self.t)
-
-    @property
-    def t_end(self) -> float:
-        return float(self.t[-1])
-
-    def body(self) -> dict[str, Any]:
-        return {"t": self.t, "features": self.features}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> AcousticFrames:
-        return cls(t=body["t"], features=body["features"])
-
-
-@dataclass(frozen=True, eq=False)
-class FaceFrames(Message):
-    """Face feature frames: float32 (n, 55) (52 blendshapes, yaw, pitch, roll), a face-present flag per
-    frame (rows without a face are zeros) and one session time per frame."""
-
-    type: ClassVar[str] = "vfeat"
-    width: ClassVar[int] = FACE_FEATURES
-    t: np.ndarray
-    features: np.ndarray
-    face: np.ndarray
-
-    def __post_init__(self) -> None:
-        t = _times(self.t, "vfeat.t")
+    def from_body(self, body: Mapping[str, Any]) -> Frames:
+        t = _times(body["t"], f"{self.type}.t")
         if len(t) == 0:
-            raise MessageError("is empty: send at least one frame", "vfeat.t")
-        object.__setattr__(self, "t", t)
-        _frames(self.features, "vfeat.features", len(t), self.width)
-        face = _array(self.face, "vfeat.face")
-        if face.dtype != np.bool_ or face.shape != (len(t),):
-            raise MessageError(f"is {face.dtype} {face.shape}, expected bool ({len(t)},): one flag per frame",
-                               "vfeat.face")
+            raise MessageError("is empty: send at least one frame", f"{self.type}.t")
+        values = _frames(body["features"], f"{self.type}.features", len(t), self.width)
+        flag = _array(body[self.flag], f"{self.type}.{self.flag}")
+        if flag.dtype != np.bool_ or flag.shape != (len(t),):
+            raise MessageError(f"is {flag.dtype} {flag.shape}, expected bool ({len(t)},): one flag per frame",
+                               f"{self.type}.{self.flag}")
+        return Frames(t, values, flag)
 
-    @property
-    def frames(self) -> int:
-        return len(self.t)
 
-    @property
-    def t_end(self) -> float:
-        return float(self.t[-1])
-
-    def body(self) -> dict[str, Any]:
-        return {"t": self.t, "features": self.features, "face": self.face}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> FaceFrames:
-        return cls(t=body["t"], features=body["features"], face=body["face"])
+# Acoustic frames (eGeMAPS low-level descriptors, 100 Hz), flagged where the speech is voiced; face
+# frames (52 blendshapes, yaw, pitch, roll; rows without a face are zeros), flagged where a face was found.
+ACOUSTIC = FrameKind("afeat", AUDIO_FEATURES, "voiced")
+FACE = FrameKind("vfeat", FACE_FEATURES, "face")
 
 
 def checked_word(word: Any) -> Word:
@@ -436,57 +435,31 @@ class SessionEvent(Message):
                    source=body.get("source", ""), info=body.get("info") or {}, t_end=body.get("t_end"))
 
 
-SESSION_MESSAGES: dict[str, type[Message]] = {
-    m.type: m for m in (AudioChunk, AcousticFrames, FaceFrames, AsrWords)
-}
-
-
-def decode(fields: Mapping[Any, Any], expected: type[Message] | None = None) -> Message:
-    """Decode a stream entry into its message (of type `expected` if given); MessageError if malformed."""
+def decode(fields: Mapping[Any, Any], expected: Kind | None = None) -> Any:
+    """Decode a stream entry into its value (of kind `expected` if given); MessageError if malformed."""
     if expected is not None:
-        return expected.from_fields(fields)
+        return from_fields(fields, expected)
     body = _entry_body(fields)
-    kind = body.get("type")
-    cls = {**SESSION_MESSAGES, WindowNotice.type: WindowNotice, SessionEvent.type: SessionEvent}.get(kind)  # type: ignore[arg-type]
-    if cls is None:
-        raise MessageError(f"unknown message type {kind!r}", "type")
-    return cls.from_fields(fields)
+    kinds = {**{c.type: k for k, c in _CODECS.items()}, ACOUSTIC.type: ACOUSTIC, FACE.type: FACE}
+    kind = kinds.get(body.get("type"))
+    if kind is None:
+        raise MessageError(f"unknown message type {body.get('type')!r}", "type")
+    return from_fields(fields, kind)
 
 
-def concat_frames(messages: Sequence[AcousticFrames | FaceFrames], t_start: float, t_end: float,
-                  kind: type[AcousticFrames | FaceFrames] | None = None) -> dict[str, np.ndarray]:
-    """The frames of `messages` with `t_start <= t < t_end`, as arrays: `t`, `features` and, for face
-    frames, `face`. With no messages, empty arrays of the width of `kind` (default AcousticFrames)."""
-    kinds = {type(m) for m in messages} | ({kind} if kind else set())
-    if len(kinds) > 1:
-        raise ValueError(f"cannot concatenate frames of different kinds: {sorted(k.type for k in kinds)}")
-    cls = kinds.pop() if kinds else AcousticFrames
-    if not messages:
-        out = {"t": np.zeros(0), "features": np.zeros((0, cls.width), np.float32)}
-        if cls is FaceFrames:
-            out["face"] = np.zeros(0, bool)
-        return out
-    t = np.concatenate([m.t for m in messages])
-    keep = (t >= t_start) & (t < t_end)
-    out = {"t": t[keep], "features": np.concatenate([m.features for m in messages])[keep]}
-    if cls is FaceFrames:
-        out["face"] = np.concatenate([m.face for m in messages])[keep]  # type: ignore[union-attr]
-    return out
-
-
-def concat_audio(chunks: Sequence[AudioChunk], t_start: float, t_end: float) -> tuple[float, np.ndarray]:
+def concat_audio(chunks: Sequence[PcmChunk], t_start: float, t_end: float) -> tuple[float, np.ndarray]:
     """The PCM of `chunks` between `t_start` and `t_end`: (time of the first sample, int16 samples).
     Gaps between chunks are kept as they are (no padding); chunks are assumed in time order."""
     if not chunks:
         return max(t_start, 0.0), np.zeros(0, np.int16)
     parts, first = [], None
     for c in chunks:
-        i0 = max(0, math.ceil((t_start - c.t0) * c.sample_rate - 1e-6))
-        i1 = min(c.samples, math.ceil((t_end - c.t0) * c.sample_rate - 1e-6))
+        i0 = max(0, math.ceil((t_start - c.t0) * SAMPLE_RATE - 1e-6))
+        i1 = min(c.samples, math.ceil((t_end - c.t0) * SAMPLE_RATE - 1e-6))
         if i1 > i0:
             parts.append(c.pcm[i0:i1])
             if first is None:
-                first = c.t0 + i0 / c.sample_rate
+                first = c.t0 + i0 / SAMPLE_RATE
     if not parts:
         return max(t_start, 0.0), np.zeros(0, np.int16)
     return first, np.concatenate(parts)  # type: ignore[return-value]

@@ -36,17 +36,16 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from dmd_types import Word
+from dmd_types import Frames, Word
 
 from .connection import CONNECTION_ERRORS, Backoff, retry_outage
 from .estimate import Estimate
 from .keys import WINDOWS, SessionKeys, parse_session_key, session_key_pattern
-from .messages import AsrWords, Message, WindowNotice, decode
+from .messages import AsrWords, FrameKind, Kind, WindowNotice, codec, from_fields, to_fields
 from .publish import ESTIMATE_FIELD
 from .window import Window
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 
@@ -78,20 +77,21 @@ class Session:
 
     # --- writing ------------------------------------------------------------------------------------
 
-    async def add(self, message: Message) -> str:
-        """Append `message` to its stream (audio, afeat, vfeat or words); returns the entry id.
+    async def add(self, message: Any, kind: Kind | None = None) -> str:
+        """Append `message` (a `PcmChunk`, `AsrWords`, or `Frames` of `kind` ACOUSTIC or FACE) to its
+        stream (audio, words, afeat or vfeat); returns the entry id.
 
         Survives a Redis outage of up to `max_outage_s` seconds by retrying with backoff; adds to one
         stream are serialised so their ids stay in order."""
-        kind = message.type
-        key = self.keys.stream(kind)
-        fields = message.to_fields()
-        lock = self._locks.setdefault(kind, asyncio.Lock())
+        stream = codec(type(message) if kind is None else kind).type
+        key = self.keys.stream(stream)
+        fields = to_fields(message, kind)
+        lock = self._locks.setdefault(stream, asyncio.Lock())
         async with lock:
-            if kind not in self._last:
-                self._last[kind] = await self._retrying(self._read_last_id, key)
+            if stream not in self._last:
+                self._last[stream] = await self._retrying(self._read_last_id, key)
             ms = time_to_ms(message.t_end)
-            entry_id = self._next_id(kind, ms)
+            entry_id = self._next_id(stream, ms)
             minid = ms - int(self.retention_s * 1000)
             retried = False
             resynced = False
@@ -110,8 +110,8 @@ class Session:
                         raise
                     # another writer moved the stream on: continue after its last entry
                     log.warning("%s has entries after %s (a second producer?): continuing after them", key, entry_id)
-                    self._last[kind] = await self._read_last_id(key)
-                    entry_id = self._next_id(kind, ms)
+                    self._last[stream] = await self._read_last_id(key)
+                    entry_id = self._next_id(stream, ms)
                     resynced = True
                 except CONNECTION_ERRORS as exc:
                     if time.monotonic() > deadline:
@@ -121,7 +121,7 @@ class Session:
                     log.warning("XADD %s failed (%s); retrying in %.2f s", key, exc, delay)
                     await asyncio.sleep(delay)
             self.backoff.reset()
-            self._last[kind] = _split_id(entry_id)
+            self._last[stream] = _split_id(entry_id)
             return entry_id
 
     def _next_id(self, kind: str, ms: int) -> str:
@@ -150,37 +150,42 @@ class Session:
 
     # --- reading ------------------------------------------------------------------------------------
 
-    async def read_span(self, kind: type[M], t_start: float, t_end: float) -> list[M]:
-        """The messages of stream `kind` (AudioChunk, AcousticFrames, FaceFrames, AsrWords) that hold
+    async def read_span(self, kind: Kind, t_start: float, t_end: float) -> list[Any]:
+        """The messages of stream `kind` (PcmChunk, AsrWords, ACOUSTIC or FACE frames) that hold
         data in [t_start, t_end], oldest first. Messages at the edges also hold data outside the span:
-        cut with `concat_frames`, `concat_audio` or `words_between`. A malformed entry raises
-        MessageError naming its field."""
+        cut with `concat_audio` or `words_between` (`read_frames` cuts frames). A malformed entry
+        raises MessageError naming its field."""
         if t_end < t_start:
             raise ValueError(f"span [{t_start}, {t_end}] ends before it starts")
-        key = self.keys.stream(kind.type)
+        key = self.keys.stream(codec(kind).type)
         lo, hi = time_to_ms(t_start), time_to_ms(t_end)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xrange(key, str(lo), str(hi))  # ms-only ids: from lo-0 to hi-<max seq>
             pipe.xrange(key, str(hi + 1), "+", count=1)  # the first entry reaching past t_end
             inside, after = await pipe.execute()
-        messages = [kind.from_fields(fields) for _, fields in inside]
+        messages = [from_fields(fields, kind) for _, fields in inside]
         if after and (not messages or messages[-1].t_end < t_end):
-            messages.append(kind.from_fields(after[0][1]))
+            messages.append(from_fields(after[0][1], kind))
         return messages  # type: ignore[return-value]
 
-    async def data_until(self, kind: type[Message]) -> float | None:
-        """Session time up to which stream `kind` has data (for words: the ASR watermark); None if empty."""
-        last = await self.redis.xrevrange(self.keys.stream(kind.type), "+", "-", count=1)
-        return decode(last[0][1], kind).t_end if last else None  # type: ignore[attr-defined]
+    async def read_frames(self, kind: FrameKind, t_start: float, t_end: float) -> Frames:
+        """The frames of `kind` (ACOUSTIC or FACE) with `t_start <= time < t_end`, as one run."""
+        parts = await self.read_span(kind, t_start, t_end)
+        return Frames.concat(parts, dim=kind.width).between(t_start, t_end)
 
-    async def wait_until(self, kind: type[Message], t: float, timeout: float) -> float | None:
+    async def data_until(self, kind: Kind) -> float | None:
+        """Session time up to which stream `kind` has data (for words: the ASR watermark); None if empty."""
+        last = await self.redis.xrevrange(self.keys.stream(codec(kind).type), "+", "-", count=1)
+        return from_fields(last[0][1], kind).t_end if last else None
+
+    async def wait_until(self, kind: Kind, t: float, timeout: float) -> float | None:
         """Wait up to `timeout` seconds for stream `kind` to have data up to `t` (the inference worker
         waiting for the ASR watermark, at most `asr_grace`). Returns the time reached, which is below
         `t` after a timeout, or None if the stream is still empty."""
-        key = self.keys.stream(kind.type)
+        key = self.keys.stream(codec(kind).type)
         deadline = time.monotonic() + timeout
         last = await self.redis.xrevrange(key, "+", "-", count=1)
-        reached = decode(last[0][1], kind).t_end if last else None  # type: ignore[attr-defined]
+        reached = from_fields(last[0][1], kind).t_end if last else None
         last_id = last[0][0] if last else b"0-0"
         while reached is None or reached < t:
             remaining = deadline - time.monotonic()
@@ -189,7 +194,7 @@ class Session:
             new = await self.redis.xread({key: last_id}, block=max(1, int(remaining * 1000)))
             for _, entries in new or ():
                 for entry_id, fields in entries:
-                    reached = decode(fields, kind).t_end  # type: ignore[attr-defined]
+                    reached = from_fields(fields, kind).t_end
                     last_id = entry_id
         return reached
 

@@ -19,11 +19,11 @@ import pytest
 import redis as sync_redis
 from redis_fixtures import eventually
 
-from dmd_types import normalise_text
+from dmd_types import PcmChunk, normalise_text
 from stream.connection import connect
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
 from stream.lifecycle import end_session, start_session
-from stream.messages import AsrWords, AudioChunk
+from stream.messages import AsrWords
 from stream.session import Session, time_to_ms
 from workers.asr.engine import NoEngine, word_error_rate
 from workers.asr.factory import make_engine_factory
@@ -55,9 +55,9 @@ def transcript(name: str) -> list[str]:
 
 
 async def push(session: Session, pcm: np.ndarray, t0: float = 0.0, chunk: int = 1600, pace: float = 0.0) -> float:
-    """Add `pcm` as 100 ms AudioChunks from session time t0 (sleeping `pace` s after each); returns the end."""
+    """Add `pcm` as 100 ms PcmChunks from session time t0 (sleeping `pace` s after each); returns the end."""
     for i in range(0, len(pcm), chunk):
-        await session.add(AudioChunk(t0 + i / 16000, pcm[i:i + chunk]))
+        await session.add(PcmChunk(t0 + i / 16000, pcm[i:i + chunk]))
         if pace:
             await asyncio.sleep(pace)
     return t0 + len(pcm) / 16000

@@ -12,11 +12,11 @@ from media_helpers import write_media
 
 from dmd_model.features import (
     AUDIO_NAMES,
-    AudioChunk,
     AudioFeatureStream,
     FaceTracker,
     FeatureError,
     Frames,
+    PcmChunk,
     VideoFrame,
     align_transcript,
     align_window,
@@ -48,7 +48,7 @@ def replay(path: Path) -> tuple[Frames, Frames]:
     face = FaceTracker()
     a_parts, v_parts = [], []
     for item in decode_media(path):
-        if isinstance(item, AudioChunk):
+        if isinstance(item, PcmChunk):
             audio.feed(item.pcm)
             a_parts.append(audio.take())
         else:
@@ -71,11 +71,11 @@ def test_generated_clip_decodes_to_timed_frames_and_contiguous_chunks(clip):
     assert info.has_video and info.has_audio and info.audio_rate == 44100 and info.fps == 15
     items = list(decode_media(clip))
     frames = [i for i in items if isinstance(i, VideoFrame)]
-    chunks = [i for i in items if isinstance(i, AudioChunk)]
+    chunks = [i for i in items if isinstance(i, PcmChunk)]
     assert len(frames) == 45 and frames[0].rgb.shape == (120, 160, 3)
     np.testing.assert_allclose([f.t for f in frames], np.arange(45) / 15, atol=1e-6)
     assert all(c.pcm.dtype == np.int16 for c in chunks) and all(c.pcm.size == 1600 for c in chunks[:-1])
-    starts = np.array([c.t for c in chunks])
+    starts = np.array([c.t0 for c in chunks])
     np.testing.assert_allclose(np.diff(starts), 0.1, atol=1e-9)  # no gaps between chunks
 
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from redis_fixtures import eventually
 
+from dmd_model.features import voiced_mask
+from dmd_types import Frames
 from stream.connection import connect
 from stream.consumer import dead_letter_count, read_dead_letters
 from stream.keys import WINDOWS, SessionKeys
-from stream.messages import AcousticFrames, FaceFrames, WindowNotice
+from stream.messages import ACOUSTIC, FACE, WindowNotice
 from stream.publish import watch_estimates
 from stream.session import Session
 from stream.window import WindowSpec
@@ -55,9 +57,10 @@ def test_a_model_that_outputs_nan_publishes_nothing_and_its_windows_go_to_the_de
         session = Session(r, "nan")
         t = np.arange(0, 4.0, 0.01)
         rng = np.random.default_rng(0)
-        await session.add(AcousticFrames(t, rng.normal(size=(len(t), 25)).astype(np.float32)))
+        afeat = rng.normal(size=(len(t), 25)).astype(np.float32)
+        await session.add(Frames(t, afeat, voiced_mask(afeat)), ACOUSTIC)
         tv = np.arange(0, 4.0, 0.2)
-        await session.add(FaceFrames(tv, rng.uniform(size=(len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)))
+        await session.add(Frames(tv, rng.uniform(size=(len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)), FACE)
         for k in windows:
             await session.notify_window(WindowSpec().window(k))
         received = []

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from redis_fixtures import eventually
 
+from dmd_model.features import voiced_mask
+from dmd_types import Frames
 from stream.connection import connect
 from stream.keys import SessionKeys
-from stream.messages import AcousticFrames, FaceFrames
+from stream.messages import ACOUSTIC, FACE
 from stream.session import Session
 from stream.window import WindowSpec
 
@@ -28,9 +30,10 @@ async def write_session(r, sid: str, seconds: float, rng: np.random.Generator) -
     """A session's acoustic and face frames (random, finite) and its window notices, all at once."""
     session = Session(r, sid)
     t = np.arange(0, seconds, 0.01)
-    await session.add(AcousticFrames(t, rng.normal(size=(len(t), 25)).astype(np.float32)))
+    afeat = rng.normal(size=(len(t), 25)).astype(np.float32)
+    await session.add(Frames(t, afeat, voiced_mask(afeat)), ACOUSTIC)
     tv = np.arange(0, seconds, 0.2)
-    await session.add(FaceFrames(tv, rng.uniform(size=(len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)))
+    await session.add(Frames(tv, rng.uniform(size=(len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)), FACE)
     spec = WindowSpec()
     windows = list(range(spec.first, spec.last_ending_by(seconds) + 1))
     for k in windows:

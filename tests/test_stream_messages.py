@@ -6,18 +6,18 @@ import msgpack
 import numpy as np
 import pytest
 
+from dmd_types import Frames, PcmChunk, Word
 from stream.codec import MessageError, pack, unpack
 from stream.messages import (
+    ACOUSTIC,
+    FACE,
     SCHEMA,
-    AcousticFrames,
     AsrWords,
-    AudioChunk,
-    FaceFrames,
     WindowNotice,
-    Word,
     concat_audio,
-    concat_frames,
     decode,
+    from_fields,
+    to_fields,
 )
 
 RNG = np.random.default_rng(0)
@@ -59,17 +59,23 @@ def test_garbage_is_not_msgpack() -> None:
         unpack(b"\xc1\xc1\xc1")
 
 
-def audio(t0: float = 1.0, n: int = 1600) -> AudioChunk:
-    return AudioChunk(t0=t0, pcm=RNG.integers(-3000, 3000, n).astype(np.int16))
+def audio(t0: float = 1.0, n: int = 1600) -> PcmChunk:
+    return PcmChunk(t0=t0, pcm=RNG.integers(-3000, 3000, n).astype(np.int16))
 
 
-def afeat(t0: float = 1.0, n: int = 10) -> AcousticFrames:
-    return AcousticFrames(t=t0 + np.arange(n) / 100, features=RNG.standard_normal((n, 25)).astype(np.float32))
+def afeat(t0: float = 1.0, n: int = 10) -> Frames:
+    return Frames(t0 + np.arange(n) / 100, RNG.standard_normal((n, 25)).astype(np.float32), np.arange(n) % 2 == 0)
 
 
-def vfeat(t0: float = 1.0, n: int = 3) -> FaceFrames:
-    return FaceFrames(t=t0 + np.arange(n) / 30, features=RNG.random((n, 55)).astype(np.float32),
-                      face=np.array([True, False, True][:n]))
+def vfeat(t0: float = 1.0, n: int = 3) -> Frames:
+    return Frames(t0 + np.arange(n) / 30, RNG.random((n, 55)).astype(np.float32), np.array([True, False, True][:n]))
+
+
+def kind_of(value):
+    """The stream a test value goes to: frames by their width, anything else by its class."""
+    if isinstance(value, Frames):
+        return ACOUSTIC if value.dim == 25 else FACE
+    return None
 
 
 def words() -> AsrWords:
@@ -78,12 +84,13 @@ def words() -> AsrWords:
 
 
 def test_each_message_round_trips_through_stream_fields() -> None:
-    a = decode(audio().to_fields())
-    assert isinstance(a, AudioChunk) and a.samples == 1600 and a.t_end == pytest.approx(1.1)
-    f = decode(afeat().to_fields())
-    assert isinstance(f, AcousticFrames) and f.features.shape == (10, 25) and f.t_end == pytest.approx(1.09)
-    v = decode(vfeat().to_fields())
-    assert isinstance(v, FaceFrames) and v.face.tolist() == [True, False, True]
+    a = decode(to_fields(audio()))
+    assert isinstance(a, PcmChunk) and a.samples == 1600 and a.t_end == pytest.approx(1.1)
+    f = decode(to_fields(afeat(), ACOUSTIC))
+    assert isinstance(f, Frames) and f.values.shape == (10, 25) and f.times[-1] == pytest.approx(1.09)
+    assert f.present.tolist() == [True, False] * 5
+    v = decode(to_fields(vfeat(), FACE))
+    assert isinstance(v, Frames) and v.present.tolist() == [True, False, True]
     w = decode(words().to_fields())
     assert w == words() and w.t_end == 2.0
     n = WindowNotice("alice", 6, 0.0, 3.0, 1.7e9)
@@ -92,21 +99,21 @@ def test_each_message_round_trips_through_stream_fields() -> None:
 
 def test_message_type_is_checked_against_the_expected_one() -> None:
     with pytest.raises(MessageError, match="holds a 'afeat' message, expected 'vfeat'") as err:
-        FaceFrames.from_fields(afeat().to_fields())
+        from_fields(to_fields(afeat(), ACOUSTIC), FACE)
     assert err.value.field == "type"
 
 
 def test_decoding_keeps_exact_values() -> None:
     chunk = audio()
-    back = decode(chunk.to_fields())
+    back = decode(to_fields(chunk))
     np.testing.assert_array_equal(back.pcm, chunk.pcm)
     frames = afeat()
-    np.testing.assert_array_equal(decode(frames.to_fields()).features, frames.features)
+    np.testing.assert_array_equal(decode(to_fields(frames, ACOUSTIC)).values, frames.values)
 
 
 def fields_with(message, **changes) -> dict[bytes, bytes]:
     """The message's stream fields with some body fields replaced (a producer that got it wrong)."""
-    body = unpack(message.to_fields()["m"])
+    body = unpack(to_fields(message, kind_of(message))["m"])
     body.update(changes)
     for k, v in list(body.items()):
         if v is ...:
@@ -167,19 +174,33 @@ def test_malformed_envelope_is_rejected_with_a_reason(fields, words_in_reason) -
 
 
 def test_producer_learns_of_a_bad_value_when_building_the_message() -> None:
+    with pytest.raises(MessageError, match=r"words.end: word 'x' ends at 1.0, before it starts \(2.0\)"):
+        AsrWords((Word("x", 2.0, 1.0),), watermark=3.0)
+
+
+def test_a_pcm_chunk_is_checked_when_it_is_sent_and_when_it_is_read() -> None:
+    with pytest.raises(MessageError, match=r"audio.pcm: has shape \(10, 2\): 2 channels, expected mono"):
+        to_fields(PcmChunk(0.0, np.zeros((10, 2), np.int16)))
+    body = {"type": "audio", "t0": 0.0, "samples": 10, "sample_rate": 48000, "pcm": np.zeros(10, np.int16)}
     with pytest.raises(MessageError, match=r"audio chunk has 48000 Hz, expected 16000: resample"):
-        AudioChunk(0.0, np.zeros(10, np.int16), sample_rate=48000)
+        decode({b"v": b"1", b"m": pack(body)}, PcmChunk)
 
 
 def test_frames_are_cut_to_a_span_across_messages() -> None:
     parts = [afeat(0.0, 100), afeat(1.0, 100), afeat(2.0, 100)]
-    out = concat_frames(parts, 0.5, 2.5)
-    assert out["features"].shape == (200, 25)
-    assert out["t"][0] == pytest.approx(0.5) and out["t"][-1] == pytest.approx(2.49)
-    face = concat_frames([vfeat(0.0), vfeat(0.1)], 0.05, 1.0)
-    assert face["face"].shape == face["t"].shape == (4,)
-    assert concat_frames([], 0, 1)["features"].shape == (0, 25)
-    assert concat_frames([], 0, 1, FaceFrames)["face"].shape == (0,)
+    out = Frames.concat(parts).between(0.5, 2.5)
+    assert out.values.shape == (200, 25)
+    assert out.times[0] == pytest.approx(0.5) and out.times[-1] == pytest.approx(2.49)
+    face = Frames.concat([vfeat(0.0), vfeat(0.1)]).between(0.05, 1.0)
+    assert face.present.shape == face.times.shape == (4,)
+    assert Frames.concat([], dim=25).between(0, 1).values.shape == (0, 25)
+
+
+def test_frames_go_to_the_stream_their_kind_names() -> None:
+    with pytest.raises(TypeError, match=r"give the kind, ACOUSTIC \(afeat\)"):
+        to_fields(afeat())
+    with pytest.raises(MessageError, match=r"afeat\.voiced: is int8"):
+        decode(fields_with(afeat(), voiced=np.ones(10, np.int8)))
 
 
 def test_audio_is_cut_to_a_span_across_chunks() -> None:

@@ -10,10 +10,11 @@ import numpy as np
 import redis
 from redis_fixtures import RedisServer, eventually
 
+from dmd_types import PcmChunk
 from stream.connection import Backoff, connect
 from stream.consumer import GroupConsumer
 from stream.keys import INFER_GROUP, WINDOWS
-from stream.messages import AudioChunk, WindowNotice
+from stream.messages import WindowNotice
 from stream.session import Session
 from stream.window import WindowSpec
 
@@ -95,7 +96,7 @@ def test_writer_rides_out_a_restart_without_gaps_or_duplicates(restartable_redis
 
         async def capture() -> None:
             for i in range(40):
-                await session.add(AudioChunk(t0=round(0.1 * i, 3), pcm=np.full(1600, i, np.int16)))
+                await session.add(PcmChunk(t0=round(0.1 * i, 3), pcm=np.full(1600, i, np.int16)))
                 await asyncio.sleep(0.01)
 
         task = asyncio.create_task(capture())
@@ -104,7 +105,7 @@ def test_writer_rides_out_a_restart_without_gaps_or_duplicates(restartable_redis
         await restart_in_background(restartable_redis, down_for=0.3)
         await asyncio.wait_for(task, 20)
         assert time.monotonic() - started >= 0.3
-        chunks = await session.read_span(AudioChunk, 0.0, 4.0)
+        chunks = await session.read_span(PcmChunk, 0.0, 4.0)
         assert [int(c.pcm[0]) for c in chunks] == list(range(40))
         await r.aclose()
 
@@ -134,8 +135,8 @@ def test_writer_retry_after_a_lost_reply_does_not_duplicate_the_entry(redis_url:
     async def main() -> None:
         r = connect(redis_url)
         session = Session(LosesTheNextReply(r), "alice", backoff=Backoff(base=0.01, cap=0.01))
-        assert await session.add(AudioChunk(t0=0.0, pcm=np.zeros(1600, np.int16))) == "100-0"
-        assert await session.add(AudioChunk(t0=0.1, pcm=np.zeros(1600, np.int16))) == "200-0"
+        assert await session.add(PcmChunk(t0=0.0, pcm=np.zeros(1600, np.int16))) == "100-0"
+        assert await session.add(PcmChunk(t0=0.1, pcm=np.zeros(1600, np.int16))) == "200-0"
         assert await r.xlen(session.keys.audio) == 2
         await r.aclose()
 

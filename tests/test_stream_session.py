@@ -8,22 +8,22 @@ import asyncio
 import numpy as np
 import pytest
 
-from dmd_types import Word
+from dmd_types import Frames, PcmChunk, Word
 from stream.connection import connect
 from stream.keys import WINDOWS
-from stream.messages import AcousticFrames, AsrWords, AudioChunk, FaceFrames, WindowNotice, concat_frames
+from stream.messages import ACOUSTIC, FACE, AsrWords, WindowNotice
 from stream.session import Session, time_to_ms, words_between
 from stream.window import WindowSpec
 
 
-def pcm_chunk(i: int) -> AudioChunk:
+def pcm_chunk(i: int) -> PcmChunk:
     """Chunk i: 100 ms from 0.1 * i, every sample equal to i (so a span's samples are recognisable)."""
-    return AudioChunk(t0=round(0.1 * i, 3), pcm=np.full(1600, i, np.int16))
+    return PcmChunk(t0=round(0.1 * i, 3), pcm=np.full(1600, i, np.int16))
 
 
-def frames(t0: float, n: int, rate: int = 100) -> AcousticFrames:
+def frames(t0: float, n: int, rate: int = 100) -> Frames:
     t = t0 + np.arange(n) / rate
-    return AcousticFrames(t=t, features=np.repeat(t[:, None], 25, axis=1).astype(np.float32))
+    return Frames(t, np.repeat(t[:, None], 25, axis=1).astype(np.float32), np.ones(n, bool))
 
 
 def test_entry_ids_are_the_session_time_in_ms_where_the_data_ends(redis_url: str) -> None:
@@ -32,9 +32,9 @@ def test_entry_ids_are_the_session_time_in_ms_where_the_data_ends(redis_url: str
         s = Session(r, "alice")
         assert await s.add(pcm_chunk(0)) == "100-0"
         assert await s.add(pcm_chunk(1)) == "200-0"
-        assert await s.add(frames(0.0, 1)) == "0-1"  # 0-0 is not a valid stream id
-        assert await s.add(frames(0.0, 1)) == "0-2"  # same ms: next sequence number
-        assert await s.add(frames(0.0105, 1)) == "10-0"
+        assert await s.add(frames(0.0, 1), ACOUSTIC) == "0-1"  # 0-0 is not a valid stream id
+        assert await s.add(frames(0.0, 1), ACOUSTIC) == "0-2"  # same ms: next sequence number
+        assert await s.add(frames(0.0105, 1), ACOUSTIC) == "10-0"
         # a second writer (a restarted capture worker) continues after what is there
         assert await Session(r, "alice").add(pcm_chunk(2)) == "300-0"
         await r.aclose()
@@ -52,17 +52,17 @@ def test_read_span_returns_the_entries_holding_data_in_the_span(redis_url: str) 
         s = Session(r, "alice")
         for i in range(60):  # 6 s of audio in 100 ms chunks
             await s.add(pcm_chunk(i))
-        chunks = await s.read_span(AudioChunk, 2.05, 3.0)
+        chunks = await s.read_span(PcmChunk, 2.05, 3.0)
         assert [c.t0 for c in chunks] == pytest.approx([2.0 + 0.1 * i for i in range(10)])
-        chunks = await s.read_span(AudioChunk, 2.0, 3.05)  # the chunk reaching past the end is included
+        chunks = await s.read_span(PcmChunk, 2.0, 3.05)  # the chunk reaching past the end is included
         assert chunks[0].t0 == pytest.approx(1.9) and chunks[-1].t0 == pytest.approx(3.0)
-        assert await s.read_span(AudioChunk, 7.0, 8.0) == []
+        assert await s.read_span(PcmChunk, 7.0, 8.0) == []
 
         for t0 in np.arange(0, 6, 0.5):  # frames in batches of 50 at 100 Hz
-            await s.add(frames(float(t0), 50))
-        got = concat_frames(await s.read_span(AcousticFrames, 0.5, 3.5), 0.5, 3.5)
-        assert len(got["t"]) == 300 and got["t"][0] == pytest.approx(0.5) and got["t"][-1] == pytest.approx(3.49)
-        np.testing.assert_allclose(got["features"][:, 0], got["t"], atol=1e-6)
+            await s.add(frames(float(t0), 50), ACOUSTIC)
+        got = await s.read_frames(ACOUSTIC, 0.5, 3.5)
+        assert len(got) == 300 and got.times[0] == pytest.approx(0.5) and got.times[-1] == pytest.approx(3.49)
+        np.testing.assert_allclose(got.values[:, 0], got.times, atol=1e-6)
         await r.aclose()
 
     asyncio.run(main())
@@ -92,9 +92,9 @@ def test_data_until_says_how_far_each_stream_has_data(redis_url: str) -> None:
     async def main() -> None:
         r = connect(redis_url)
         s = Session(r, "alice")
-        assert await s.data_until(FaceFrames) is None
-        await s.add(FaceFrames(t=[1.0, 1.0333], features=np.zeros((2, 55), np.float32), face=np.ones(2, bool)))
-        assert await s.data_until(FaceFrames) == pytest.approx(1.0333)
+        assert await s.data_until(FACE) is None
+        await s.add(Frames([1.0, 1.0333], np.zeros((2, 55), np.float32), np.ones(2, bool)), FACE)
+        assert await s.data_until(FACE) == pytest.approx(1.0333)
         await r.aclose()
 
     asyncio.run(main())

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("aiortc")
@@ -77,8 +78,9 @@ async def _until_ended(base: str, session: str, timeout: float = 15.0) -> dict:
 
 def test_aiortc_peer_sends_audio_and_video_and_gets_estimates_over_its_data_channel(stack) -> None:
     server, redis = stack
+    from dmd_types import PcmChunk
     from stream.keys import SessionKeys
-    from stream.messages import AudioChunk, SessionEvent
+    from stream.messages import SessionEvent, from_fields
 
     async def run() -> tuple[Any, dict, dict]:
         client = peer_client(server.url, session="aiortc-peer")
@@ -110,8 +112,8 @@ def test_aiortc_peer_sends_audio_and_video_and_gets_estimates_over_its_data_chan
         keys = SessionKeys("aiortc-peer")
         events = [SessionEvent.from_fields(f).event for _, f in r.xrange(keys.events)]
         assert events == ["start", "end"]
-        chunks = [AudioChunk.from_fields(f) for _, f in r.xrange(keys.audio)]
-        assert chunks and all(c.sample_rate == 16_000 for c in chunks)
+        chunks = [from_fields(f, PcmChunk) for _, f in r.xrange(keys.audio)]  # refuses any rate but 16 kHz
+        assert chunks and all(c.pcm.dtype == np.int16 for c in chunks)
         assert all(c.samples == 1600 for c in chunks[:-1])  # 100 ms
         starts = [c.t0 for c in chunks]
         assert all(abs((b - a) - 0.1) < 1e-6 for a, b in itertools.pairwise(starts))  # contiguous on the clock

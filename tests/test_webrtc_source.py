@@ -14,7 +14,7 @@ import pytest
 av = pytest.importorskip("av")
 aiortc = pytest.importorskip("aiortc")
 
-from workers.capture import Sound, Video  # noqa: E402
+from dmd_types import PcmChunk, VideoFrame  # noqa: E402
 from workers.web.source import AudioRechunker, PeerSource, SessionClock  # noqa: E402
 
 VIDEO_TB = fractions.Fraction(1, 90_000)
@@ -90,7 +90,7 @@ def test_session_clock_never_goes_back() -> None:
 # -- audio: 48 kHz stereo frames to 16 kHz mono chunks ------------------------------------------------------
 def test_browser_audio_becomes_100_ms_chunks_of_16_khz_mono_on_the_session_clock() -> None:
     rechunker = AudioRechunker(chunk_ms=100)
-    chunks: list[Sound] = []
+    chunks: list[PcmChunk] = []
     for n in range(50):  # one second of 20 ms frames
         rechunker.feed(browser_audio_frame(n), 2.0 + n * 0.02)
         chunks += rechunker.take()
@@ -99,7 +99,7 @@ def test_browser_audio_becomes_100_ms_chunks_of_16_khz_mono_on_the_session_clock
     assert [len(c.pcm) for c in chunks[:-1]] == [1600] * (len(chunks) - 1)
     total = sum(len(c.pcm) for c in chunks)
     assert abs(total - 16_000) <= 64  # 1 s of sound in, 1 s out (the resampler's filter delay aside)
-    assert [c.t for c in chunks[:5]] == pytest.approx([2.0, 2.1, 2.2, 2.3, 2.4])
+    assert [c.t0 for c in chunks[:5]] == pytest.approx([2.0, 2.1, 2.2, 2.3, 2.4])
     pcm = np.concatenate([c.pcm for c in chunks]).astype(np.float64)
     spectrum = np.abs(np.fft.rfft(pcm[1000:15000]))
     peak = np.argmax(spectrum) * 16_000 / len(pcm[1000:15000])
@@ -153,7 +153,7 @@ async def _collect(source: PeerSource, delay_per_video: float = 0.0) -> list:
     items = []
     async for item in source.media():
         items.append(item)
-        if isinstance(item, Video) and delay_per_video:
+        if isinstance(item, VideoFrame) and delay_per_video:
             await asyncio.sleep(delay_per_video)  # a slow face tracker
     return items
 
@@ -163,7 +163,7 @@ def test_video_is_taken_at_the_tracking_rate_and_a_slow_consumer_gets_the_newest
 
     fast = PeerSource(FrameTrack("video", frames, 30), None, video_fps=15)
     items = asyncio.run(_collect(fast))
-    assert all(isinstance(i, Video) and i.rgb.shape == (48, 64, 3) for i in items)
+    assert all(isinstance(i, VideoFrame) and i.rgb.shape == (48, 64, 3) for i in items)
     assert fast.stats.video_frames == 45 and 20 <= len(items) <= 24  # every other frame: 15 fps
     assert fast.stats.video_skipped == 45 - len(items) - fast.stats.video_replaced
 
@@ -181,10 +181,10 @@ def test_audio_track_is_resampled_and_the_source_ends_with_its_tracks() -> None:
     source = PeerSource(FrameTrack("video", frames, 15), FrameTrack("audio", audio, 50), video_fps=15)
     assert source.has_video and source.has_audio and source.live
     items = asyncio.run(asyncio.wait_for(_collect(source), 10))
-    sounds = [i for i in items if isinstance(i, Sound)]
+    sounds = [i for i in items if isinstance(i, PcmChunk)]
     assert sum(len(s.pcm) for s in sounds) == pytest.approx(8000, abs=64)
-    assert [s.t for s in sounds] == sorted(s.t for s in sounds)
-    assert sounds[0].t == pytest.approx(0.0, abs=0.05)
+    assert [s.t0 for s in sounds] == sorted(s.t0 for s in sounds)
+    assert sounds[0].t0 == pytest.approx(0.0, abs=0.05)
     assert source.stats.audio_overruns == 0
 
 

@@ -24,18 +24,15 @@ when an extractor is built, so `PROFILE` and the dataclasses work without them.
 
 from __future__ import annotations
 
-from dmd_types import Word, normalise_text, normalise_word, normalise_words
+from dmd_types import Frames, PcmChunk, VideoFrame, Word, normalise_text, normalise_word, normalise_words
 
 from .alignment import AlignedWindow, align_window, select_words, stack_windows
 from .audio import AudioFeatureStream, Resampler, extract_audio, f0_hz
 from .errors import FeatureError
 from .forced_alignment import ForcedAligner, align_transcript
-from .frames import Frames
 from .media import (
-    AudioChunk,
     MediaFeatures,
     MediaInfo,
-    VideoFrame,
     decode_media,
     extract_media,
     probe_media,
@@ -62,7 +59,6 @@ __all__ = [
     "PROFILE",
     "VISUAL_NAMES",
     "AlignedWindow",
-    "AudioChunk",
     "AudioFeatureStream",
     "FaceTracker",
     "FeatureError",
@@ -70,6 +66,7 @@ __all__ = [
     "Frames",
     "MediaFeatures",
     "MediaInfo",
+    "PcmChunk",
     "Profile",
     "Resampler",
     "TextEncoder",

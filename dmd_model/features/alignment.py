@@ -47,10 +47,9 @@ from typing import Protocol
 
 import numpy as np
 
-from dmd_types import Word, normalise_words
+from dmd_types import Frames, Word, normalise_words
 
 from .errors import FeatureError
-from .frames import Frames
 from .profile import AUDIO_NAMES, PROFILE, VISUAL_NAMES, Profile
 
 MODALITIES = ("text", "audio", "visual")

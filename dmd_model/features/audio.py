@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from dmd_types import Frames
+
 from .errors import FeatureError, missing_package
-from .frames import Frames
 from .profile import AUDIO_NAMES, SAMPLE_RATE, voiced_mask
 
 FRAME_STEP = 0.01  # seconds between frames (100 Hz)

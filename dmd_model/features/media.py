@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from dmd_types import Frames, PcmChunk, VideoFrame
+
 from .audio import AudioFeatureStream
 from .errors import FeatureError
-from .frames import Frames
 from .profile import AUDIO_NAMES, SAMPLE_RATE, VISUAL_NAMES
 from .visual import FaceTracker
 
@@ -37,22 +38,6 @@ class MediaInfo:
     height: int | None = None
     audio_rate: int | None = None
     audio_channels: int | None = None
-
-
-@dataclass(frozen=True)
-class VideoFrame:
-    """One decoded picture: its time (s) and RGB pixels (H, W, 3) uint8."""
-
-    t: float
-    rgb: np.ndarray
-
-
-@dataclass(frozen=True)
-class AudioChunk:
-    """A run of decoded sound: the time of its first sample (s), and int16 mono PCM at 16 kHz."""
-
-    t: float
-    pcm: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -120,7 +105,7 @@ def _info(path: Path, container: Any) -> MediaInfo:
 
 def decode_media(
     path: str | Path, video: bool = True, audio: bool = True, chunk_s: float = 0.1
-) -> Iterator[VideoFrame | AudioChunk]:
+) -> Iterator[VideoFrame | PcmChunk]:
     """The file's video frames (RGB) and audio chunks (16 kHz int16 mono, `chunk_s` long, the last
     one shorter) in the order the file stores them, which is close to time order.
 
@@ -144,7 +129,7 @@ def decode_media(
     return _decode(container, str(path), video, audio, chunk_s)
 
 
-def _decode(container: Any, path: str, video: bool, audio: bool, chunk_s: float) -> Iterator[VideoFrame | AudioChunk]:
+def _decode(container: Any, path: str, video: bool, audio: bool, chunk_s: float) -> Iterator[VideoFrame | PcmChunk]:
     import av
 
     with container:
@@ -162,7 +147,7 @@ def _decode(container: Any, path: str, video: bool, audio: bool, chunk_s: float)
         t0: float | None = None
         sent = 0  # samples already yielded
 
-        def chunks(final: bool) -> Iterator[AudioChunk]:
+        def chunks(final: bool) -> Iterator[PcmChunk]:
             nonlocal pending, n_pending, sent
             if not pending:
                 return
@@ -170,7 +155,7 @@ def _decode(container: Any, path: str, video: bool, audio: bool, chunk_s: float)
             cut = (buf.size // chunk) * chunk if not final else buf.size
             for i in range(0, cut, chunk):
                 piece = buf[i : min(i + chunk, cut)]
-                yield AudioChunk(t0 + sent / SAMPLE_RATE, piece)
+                yield PcmChunk(t0 + sent / SAMPLE_RATE, piece)
                 sent += piece.size
             pending, n_pending = ([buf[cut:]] if cut < buf.size else []), buf.size - cut
 
@@ -217,7 +202,7 @@ def extract_media(
             if isinstance(item, VideoFrame):
                 tracker.feed(item.rgb, item.t)
             else:
-                t0 = item.t if t0 is None else t0
+                t0 = item.t0 if t0 is None else t0
                 pcm_parts.append(item.pcm)
         visual = tracker.take() if video else Frames.empty(len(VISUAL_NAMES))
     finally:
@@ -238,7 +223,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, float]:
     """A file's sound as 16 kHz int16 mono PCM and the time of its first sample."""
     parts, t0 = [], None
     for item in decode_media(path, video=False, audio=True):
-        t0 = item.t if t0 is None else t0
+        t0 = item.t0 if t0 is None else t0
         parts.append(item.pcm)
     return (np.concatenate(parts) if parts else np.zeros(0, np.int16)), (t0 or 0.0)
 

@@ -54,7 +54,7 @@ def model_path(model: str | Path) -> Path | str:
 
 
 class TextEncoder:
-    """Frozen token embeddings of normalised words (see `dmd_model.features.words`)."""
+    """Frozen token embeddings of normalised words (see `dmd_types.words`)."""
 
     def __init__(self, model: str | Path = MINILM, device: str = "cpu") -> None:
         try:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dmd_types import Frames
+
 from .errors import FeatureError, missing_package
-from .frames import Frames
 from .profile import BLENDSHAPE_NAMES, FACE_MODEL_FILE, FACE_MODEL_SHA256, VISUAL_NAMES
 
 DEFAULT_FACE_MODEL = Path(__file__).parent / "models" / FACE_MODEL_FILE

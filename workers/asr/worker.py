@@ -21,7 +21,7 @@ For each session (`AsrSession`):
   worker's executor: recognition never blocks the event loop.
 - Write `AsrWords(words, watermark)` whenever there are words or the watermark has moved on by
   `min_advance_s`. Entries follow on without overlap: each entry's words start at or after the
-  previous entry's watermark (the engines guarantee it, `workers.asr_engine`).
+  previous entry's watermark (the engines guarantee it, `workers.asr.engine`).
 - At the session's end event (`dmd:{sid}:events`), read the audio that is left, `finish` the
   engine, and write the final entry: its watermark is the end of the audio (or the end the event
   states, if later), so a reader knows that ASR is done for the whole session. A session with no
@@ -29,7 +29,7 @@ For each session (`AsrSession`):
 
 `AsrWorker` runs sessions for a fleet: it takes "start" events from `dmd:sessions` in the consumer
 group "asr", runs up to `max_sessions` at once, renews its hold on each (see
-`workers.asr_sessions`), acks the start entry when the session is finished, and claims the sessions
+`stream.lifecycle`), acks the start entry when the session is finished, and claims the sessions
 of a worker that died (their start entries idle for `claim_idle_ms`).
 
 CPU: each session's engine measures the CPU time it uses (`stats()`: `cpu_s`, `cpu_share` = CPU
@@ -51,13 +51,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from dmd_types import Word
+from dmd_types import SAMPLE_RATE, PcmChunk, Word
 from stream.codec import MessageError
 from stream.connection import CONNECTION_ERRORS, Backoff, retry_outage
 from stream.consumer import Delivery, GroupConsumer
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
 from stream.lifecycle import LeaseLost, SessionLease
-from stream.messages import SAMPLE_RATE, AsrWords, AudioChunk, SessionEvent
+from stream.messages import AsrWords, SessionEvent, from_fields
 from stream.session import Session, time_to_ms
 
 from .engine import Engine
@@ -129,7 +129,7 @@ class AsrSession:
             self.engine.resume_from(self.resumed_from)
         last_audio = time.monotonic()
         reason = "end"
-        chunks: list[AudioChunk] = []
+        chunks: list[PcmChunk] = []
         while self._end is None:
             chunks = await self._read(block=True)
             if chunks:
@@ -160,13 +160,13 @@ class AsrSession:
         return await retry_outage(fn, *args, backoff=self._backoff, max_outage_s=self.max_outage_s,
                                   what=f"ASR of session {self.id}")
 
-    async def _read(self, block: bool) -> list[AudioChunk]:
+    async def _read(self, block: bool) -> list[PcmChunk]:
         """New audio chunks (cut at the resume point); notes an end event."""
         streams = {self.keys.audio: self._audio_cursor}
         if block:
             streams[self.keys.events] = self._events_cursor
         reply = await self._retrying(self._xread, streams, self.block_ms if block else None)
-        chunks: list[AudioChunk] = []
+        chunks: list[PcmChunk] = []
         for key, entries in reply or ():
             if _text(key) == self.keys.events:
                 for entry_id, fields in entries:
@@ -182,7 +182,7 @@ class AsrSession:
             for entry_id, fields in entries:
                 self._audio_cursor = _text(entry_id)
                 try:
-                    chunk = AudioChunk.from_fields(fields)
+                    chunk = from_fields(fields, PcmChunk)
                 except MessageError as exc:
                     self.bad_chunks += 1
                     log.warning("session %s: skipping audio entry %s: %s", self.id, _text(entry_id), exc)
@@ -191,7 +191,7 @@ class AsrSession:
                     continue
                 if chunk.t0 < self._read_from:
                     cut = min(chunk.samples - 1, round((self._read_from - chunk.t0) * SAMPLE_RATE))
-                    chunk = AudioChunk(chunk.t0 + cut / SAMPLE_RATE, chunk.pcm[cut:])
+                    chunk = PcmChunk(chunk.t0 + cut / SAMPLE_RATE, chunk.pcm[cut:])
                 chunks.append(chunk)
         return chunks
 
@@ -205,7 +205,7 @@ class AsrSession:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _feed_take(self, chunks: list[AudioChunk]) -> tuple[list[Word], float]:
+    def _feed_take(self, chunks: list[PcmChunk]) -> tuple[list[Word], float]:
         # take after every chunk, as live: the engine decides when a pass is due
         words, watermark = self.engine.take()
         for chunk in chunks:
@@ -214,7 +214,7 @@ class AsrSession:
             words += more
         return words, watermark
 
-    def _feed_finish(self, chunks: list[AudioChunk]) -> tuple[list[Word], float]:
+    def _feed_finish(self, chunks: list[PcmChunk]) -> tuple[list[Word], float]:
         words, _ = self._feed_take(chunks)
         more, watermark = self.engine.finish()
         return words + more, watermark

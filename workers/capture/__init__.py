@@ -4,18 +4,8 @@
 - `worker`: `Capture`, which turns a source into a session's Redis streams and window notices
 """
 
-from .sources import CameraSource, FileSource, MergedSource, MicrophoneSource, Sound, Source, Video, make_source
+from .sources import CameraSource, FileSource, MergedSource, MicrophoneSource, Source, make_source, media_time
 from .worker import Capture, CaptureStats
 
-__all__ = [
-           "CameraSource",
-           "Capture",
-           "CaptureStats",
-           "FileSource",
-           "MergedSource",
-           "MicrophoneSource",
-           "Sound",
-           "Source",
-           "Video",
-           "make_source",
-]
+__all__ = ["CameraSource", "Capture", "CaptureStats", "FileSource", "MergedSource", "MicrophoneSource", "Source",
+           "make_source", "media_time"]

@@ -1,6 +1,6 @@
 """Capture sources: a media file, a webcam, a microphone, or several at once.
 
-A source yields timestamped video frames (RGB, `Video`) and 16 kHz mono PCM chunks (`Sound`) on the
+A source yields timestamped video frames (`dmd_types.VideoFrame`) and 16 kHz mono PCM chunks (`PcmChunk`) on the
 session clock from `media()`, an async iterator (aiortc's `MediaStreamTrack.recv()` shape); `close()`
 ends it early. A WebRTC peer is a source too (`workers.web.source.PeerSource`). `make_source` turns
 what a user types (`--source clip.mp4`, `webcam`, `mic`, `webcam+mic`) into one.
@@ -13,45 +13,32 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dmd_types import SAMPLE_RATE, PcmChunk, VideoFrame
 
 from ..metrics import Metrics
 from ..settings import PipelineSettings
 
 log = logging.getLogger("dmd.capture")
 
-SAMPLE_RATE = 16_000
-
-
-@dataclass
-class Video:
-    """One video frame: RGB (h, w, 3) uint8 at session time t."""
-
-    t: float
-    rgb: np.ndarray
-
-
-@dataclass
-class Sound:
-    """One PCM chunk: int16 mono 16 kHz samples starting at session time t."""
-
-    t: float
-    pcm: np.ndarray
+def media_time(item: VideoFrame | PcmChunk) -> float:
+    """When an item of a source begins on the session clock: a frame's time, a chunk's first sample."""
+    return item.t if isinstance(item, VideoFrame) else item.t0
 
 
 class Source:
-    """Base of capture sources: `media()` yields Video and Sound items in (about) time order."""
+    """Base of capture sources: `media()` yields VideoFrame and PcmChunk items in (about) time order."""
 
     has_video: bool = True
     has_audio: bool = True
     live: bool = True  # a live source cannot wait: full queues drop (video) or overrun (audio)
     description: str = "source"
 
-    def media(self) -> AsyncIterator[Video | Sound]:
+    def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -81,10 +68,8 @@ class FileSource(Source):
         self.duration = info.duration
         self._stop = threading.Event()
 
-    async def media(self) -> AsyncIterator[Video | Sound]:
+    async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         from dmd_model.features import decode_media
-        from dmd_model.features.media import AudioChunk as FileChunk
-
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         done = object()
@@ -110,7 +95,7 @@ class FileSource(Source):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                t = item.t
+                t = media_time(item)
                 if first_t is None:
                     first_t = t
                 if self.speed > 0:  # pace: the item is due at its media time, scaled
@@ -120,10 +105,7 @@ class FileSource(Source):
                         await asyncio.sleep(delay)
                 if stop.is_set():
                     break
-                if isinstance(item, FileChunk):
-                    yield Sound(item.t, item.pcm)
-                else:
-                    yield Video(item.t, item.rgb)
+                yield item
         finally:
             # stopped early (close(), or the consumer left): the decoder thread may be blocked on a
             # full queue; empty it until the thread has ended, so no thread outlives the session
@@ -151,7 +133,7 @@ class CameraSource(Source):
         self.description = f"camera {device}"
         self._stop = False
 
-    async def media(self) -> AsyncIterator[Video | Sound]:
+    async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         import cv2
 
         loop = asyncio.get_running_loop()
@@ -179,7 +161,7 @@ class CameraSource(Source):
                 else:
                     t = time.monotonic() - start
                 n += 1
-                yield Video(t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                yield VideoFrame(t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         finally:
             cap.release()
 
@@ -204,7 +186,7 @@ class MicrophoneSource(Source):
         self.overruns = 0
         self._stop = asyncio.Event()
 
-    async def media(self) -> AsyncIterator[Video | Sound]:
+    async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         try:
             import sounddevice as sd
         except OSError as exc:  # PortAudio missing
@@ -243,7 +225,7 @@ class MicrophoneSource(Source):
                     break
                 stopper.cancel()
                 block = getter.result()
-                yield Sound(samples / SAMPLE_RATE, block)
+                yield PcmChunk(samples / SAMPLE_RATE, block)
                 samples += block.size
 
     async def close(self) -> None:
@@ -260,7 +242,7 @@ class MergedSource(Source):
         self.live = any(s.live for s in sources)
         self.description = " + ".join(s.description for s in sources)
 
-    async def media(self) -> AsyncIterator[Video | Sound]:
+    async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         done = object()
 

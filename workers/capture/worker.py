@@ -28,15 +28,16 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from dmd_model.features import AudioFeatureStream, FaceTracker, Frames
+from dmd_model.features import AudioFeatureStream, FaceTracker
+from dmd_types import SAMPLE_RATE, Frames, PcmChunk, VideoFrame
 from stream.lifecycle import end_session, start_session
-from stream.messages import AcousticFrames, AudioChunk, FaceFrames
+from stream.messages import ACOUSTIC, FACE
 from stream.session import Session
 from stream.window import WindowPlanner, WindowSpec
 
 from ..metrics import Metrics
 from ..settings import PipelineSettings
-from .sources import SAMPLE_RATE, Sound, Source, Video
+from .sources import Source, media_time
 
 log = logging.getLogger("dmd.capture")
 
@@ -70,8 +71,8 @@ class Capture:
         self.stats = CaptureStats()
         self._tracker = tracker
         self._threads = ThreadPoolExecutor(2, thread_name_prefix=f"dmd-capture-{session}")
-        self._audio_q: asyncio.Queue[Sound | None] = asyncio.Queue(maxsize=settings.capture.audio_queue)
-        self._video: collections.deque[Video] = collections.deque()
+        self._audio_q: asyncio.Queue[PcmChunk | None] = asyncio.Queue(maxsize=settings.capture.audio_queue)
+        self._video: collections.deque[VideoFrame] = collections.deque()
         self._video_ready = asyncio.Event()
         self._video_done = False
         self._notice_lock = asyncio.Lock()
@@ -125,8 +126,8 @@ class Capture:
         max_video = self.settings.capture.video_queue
         async for item in self.source.media():
             if self.origin_wall is None:
-                await self._announce(item.t)
-            if isinstance(item, Sound):
+                await self._announce(media_time(item))
+            if isinstance(item, PcmChunk):
                 if self.source.live:
                     try:
                         self._audio_q.put_nowait(item)
@@ -178,8 +179,8 @@ class Capture:
                     self.planner.end_stream("afeat")
                     break
                 if stream is None:  # the acoustic frames' clock starts at the first sample
-                    stream = AudioFeatureStream(sample_rate=SAMPLE_RATE, t0=item.t)
-                chunk = AudioChunk(item.t, item.pcm.astype(np.int16, copy=False), SAMPLE_RATE)
+                    stream = AudioFeatureStream(sample_rate=SAMPLE_RATE, t0=item.t0)
+                chunk = PcmChunk(item.t0, item.pcm.astype(np.int16, copy=False))
                 await self.session.add(chunk)
                 self.stats.audio_chunks += 1
                 self.stats.audio_seconds += item.pcm.size / SAMPLE_RATE
@@ -200,7 +201,7 @@ class Capture:
     async def _send_afeat(self, frames: Frames) -> None:
         if len(frames.times) == 0:
             return
-        await self.session.add(AcousticFrames(frames.times, frames.values))
+        await self.session.add(frames, ACOUSTIC)
         self.planner.feed("afeat", float(frames.times[-1]))
 
     async def _video_worker(self) -> None:
@@ -218,7 +219,7 @@ class Capture:
             values, present = await loop.run_in_executor(self._threads, tracker.process, item.rgb, item.t)
             self.stats.video_tracked += 1
             self.stats.end_time = max(self.stats.end_time, item.t)
-            await self.session.add(FaceFrames(np.asarray([item.t]), values.reshape(1, -1), np.asarray([present])))
+            await self.session.add(Frames(np.asarray([item.t]), values.reshape(1, -1), np.asarray([present])), FACE)
             self.planner.feed("vfeat", item.t)
             await self._notify_ready()
         self.planner.end_stream("vfeat")

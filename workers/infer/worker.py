@@ -31,17 +31,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from dmd_model.features import Frames, align_window, voiced_mask
+from dmd_model.features import align_window
 from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
 from dmd_model.features.text import PrecomputedTokens
 from dmd_model.predict import Predictor, sentiment_label
-from dmd_types import Word
+from dmd_types import Frames, Word
 from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer
 from stream.estimate import Estimate, ModalityResult
 from stream.keys import INFER_GROUP, WINDOWS
 from stream.lifecycle import session_events
-from stream.messages import AcousticFrames, AsrWords, FaceFrames, WindowNotice, concat_frames
+from stream.messages import ACOUSTIC, FACE, AsrWords, WindowNotice
 from stream.publish import EstimatePublisher
 from stream.session import Session, words_between
 
@@ -84,14 +84,6 @@ def _settle(job: _Job, error: BaseException | None) -> None:
             job.published.set_result(None)
         else:
             job.published.set_exception(error)
-
-
-def _frames(messages: list[Any], t_start: float, t_end: float, kind: type) -> Frames:
-    """A window's frames from stream messages, as the alignment takes them."""
-    arrays = concat_frames(messages, t_start, t_end, kind=kind)
-    values = arrays["features"]
-    present = arrays["face"] if kind is FaceFrames else voiced_mask(values)
-    return Frames(arrays["t"], values, present)
 
 
 class InferenceWorker:
@@ -222,14 +214,11 @@ class InferenceWorker:
             await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s)
         latency["asr_wait"] = (time.monotonic() - start) * 1000
         start = time.monotonic()
-        afeat, vfeat, words = await asyncio.gather(
-            session.read_span(AcousticFrames, t0, t1), session.read_span(FaceFrames, t0, t1),
+        audio, visual, words = await asyncio.gather(
+            session.read_frames(ACOUSTIC, t0, t1), session.read_frames(FACE, t0, t1),
             session.read_span(AsrWords, t0, t1))
         latency["read"] = (time.monotonic() - start) * 1000
-        audio = _frames(afeat, t0, t1, AcousticFrames)
-        visual = _frames(vfeat, t0, t1, FaceFrames)
-        window_words = words_between(words, t0, t1)
-        return _Job(delivery, notice, window_words, audio, visual, received, latency)
+        return _Job(delivery, notice, words_between(words, t0, t1), audio, visual, received, latency)
 
     async def _session_info(self, session: str) -> dict[str, Any]:
         """The session's start announcement (`info`: asr engine, media, clock origin), cached."""

@@ -1,7 +1,7 @@
 """A WebRTC peer as a capture source: the browser's camera and microphone, received by aiortc.
 
 `PeerSource(video, audio)` takes the remote tracks of one `RTCPeerConnection` (either may be None)
-and is a `workers.capture.Source`: `media()` yields `Video` and `Sound` items on the session clock.
+and is a `workers.capture.Source`: `media()` yields `VideoFrame` and `PcmChunk` items on the session clock.
 
 - Session clock (DESIGN.md): time 0 is the arrival of the peer's first frame, of either track, and a
   track's frames are at `zero + pts * time_base`: the sender's own pacing (the RTP clock), not the
@@ -41,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ..capture.sources import SAMPLE_RATE, Sound, Source, Video
+from dmd_types import SAMPLE_RATE, PcmChunk, VideoFrame
+
+from ..capture.sources import Source
 
 log = logging.getLogger("dmd.webrtc")
 
@@ -138,13 +140,13 @@ class AudioRechunker:
             self._buffer.append(pcm.astype(np.int16, copy=False))
             self._buffered += pcm.size
 
-    def take(self) -> list[Sound]:
+    def take(self) -> list[PcmChunk]:
         """The whole chunks ready so far."""
         if self._buffered < self.chunk or self._t0 is None:
             return []
         pcm = np.concatenate(self._buffer)
         n = (pcm.size // self.chunk) * self.chunk
-        chunks = [Sound(self._t0 + (self._emitted + i) / self.rate, pcm[i:i + self.chunk])
+        chunks = [PcmChunk(self._t0 + (self._emitted + i) / self.rate, pcm[i:i + self.chunk])
                   for i in range(0, n, self.chunk)]
         self._emitted += n
         rest = pcm[n:]
@@ -152,7 +154,7 @@ class AudioRechunker:
         self._buffered = rest.size
         return chunks
 
-    def finish(self) -> list[Sound]:
+    def finish(self) -> list[PcmChunk]:
         """The chunks left, the last one short, after flushing the resampler."""
         if self._t0 is None:
             return []
@@ -160,7 +162,7 @@ class AudioRechunker:
             self._append(out.to_ndarray().reshape(-1))
         chunks = self.take()
         if self._buffered:
-            chunks.append(Sound(self._t0 + self._emitted / self.rate, np.concatenate(self._buffer)))
+            chunks.append(PcmChunk(self._t0 + self._emitted / self.rate, np.concatenate(self._buffer)))
             self._emitted += self._buffered
             self._buffer, self._buffered = [], 0
         return chunks
@@ -186,7 +188,7 @@ class PeerSource(Source):
         self.audio_queue = audio_queue
         self.clock = clock or SessionClock()
         self.stats = PeerStats()
-        self._sounds: deque[Sound] = deque()
+        self._sounds: deque[PcmChunk] = deque()
         self._latest: tuple[float, Any] | None = None
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
@@ -221,7 +223,7 @@ class PeerSource(Source):
         finally:
             self._queue_sounds(rechunker.finish())
 
-    def _queue_sounds(self, sounds: list[Sound]) -> None:
+    def _queue_sounds(self, sounds: list[PcmChunk]) -> None:
         for sound in sounds:
             if len(self._sounds) >= self.audio_queue:
                 # the capture worker is far behind: waiting here would back up aiortc's own queue
@@ -268,7 +270,7 @@ class PeerSource(Source):
         if self.audio is not None:
             self._readers.append(asyncio.create_task(self._guard(self._read_audio, "audio")))
 
-    async def media(self) -> AsyncIterator[Video | Sound]:
+    async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         loop = asyncio.get_running_loop()
         self.start()
         try:
@@ -289,7 +291,7 @@ class PeerSource(Source):
                     t, frame = self._latest
                     self._latest = None
                     self.stats.video_taken += 1
-                    yield Video(t, await loop.run_in_executor(None, self._rgb, frame))
+                    yield VideoFrame(t, await loop.run_in_executor(None, self._rgb, frame))
         finally:
             for reader in self._readers:
                 reader.cancel()

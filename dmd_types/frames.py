@@ -1,4 +1,5 @@
-"""Timestamped feature frames: what an extractor hands out and what alignment reads back.
+"""Timestamped feature frames: what an extractor hands out, what the afeat and vfeat streams carry,
+and what the alignment reads back.
 
 Audio (100 Hz) and face (the camera's rate) frames have the same shape on purpose: a time per
 frame on the session clock, a feature vector, and a presence flag (voiced speech for audio, a face
@@ -13,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from .errors import FeatureError
 
 
 @dataclass(frozen=True)
@@ -37,12 +36,12 @@ class Frames:
         values = np.asarray(self.values, dtype=np.float32)
         present = np.asarray(self.present, dtype=bool).reshape(-1)
         if values.ndim != 2 or values.shape[0] != times.shape[0] or present.shape[0] != times.shape[0]:
-            raise FeatureError(
+            raise ValueError(
                 f"frames have {times.shape[0]} times, values of shape {values.shape} and "
                 f"{present.shape[0]} presence flags: expected (n,), (n, d) and (n,)"
             )
         if times.size > 1 and np.any(np.diff(times) < 0):
-            raise FeatureError("frame times go backwards: sort the frames by time before building Frames")
+            raise ValueError("frame times go backwards: sort the frames by time before building Frames")
         object.__setattr__(self, "times", times)
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "present", present)
@@ -58,7 +57,7 @@ class Frames:
         parts = [p for p in parts if len(p)]
         if not parts:
             if dim is None:
-                raise FeatureError("concatenating no frames needs the feature size: pass dim=")
+                raise ValueError("concatenating no frames needs the feature size: pass dim=")
             return cls.empty(dim)
         return cls(
             np.concatenate([p.times for p in parts]),
@@ -68,6 +67,13 @@ class Frames:
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
+
+    @property
+    def t_end(self) -> float:
+        """The time of the last frame: how far the run carries data (a stream entry's id)."""
+        if not len(self):
+            raise ValueError("no frames: an empty run has no end")
+        return float(self.times[-1])
 
     @property
     def dim(self) -> int:
