@@ -1,7 +1,7 @@
 """Our DMD beside the official code (github.com/mdswyz/DMD) with the same weights and the same inputs.
 
 For each configuration (MOSI aligned, MOSI unaligned, MOSEI aligned; text as 768-d features) this
-builds our model from a seed, exports its weights with `dmd_model.official.export_official`, loads them
+builds our model from a seed, exports its weights with `dmd_model.artefacts.official.export_official`, loads them
 into the official network and GD kernels, and runs both on the same seeded inputs:
 
 - eval mode: the largest absolute difference of every output (the official names), and of both GD
@@ -50,10 +50,10 @@ from official_dmd import (  # noqa: E402
     official_path,
 )
 
+from dmd_model.artefacts.official import export_official, official_key_map  # noqa: E402
 from dmd_model.config import DMDConfig, ModelConfig  # noqa: E402
-from dmd_model.losses import dmd_loss  # noqa: E402
-from dmd_model.network import DMD  # noqa: E402
-from dmd_model.official import export_official, official_key_map  # noqa: E402
+from dmd_model.network.dmd import DMD  # noqa: E402
+from dmd_model.training.losses import dmd_loss  # noqa: E402
 
 CONFIGS = {
     "mosi_aligned": ROOT / "configs/model/mosi_aligned.yaml",

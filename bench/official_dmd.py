@@ -237,7 +237,7 @@ class OfficialDMD:
         return self
 
     def load_exported(self, exported: dict[str, dict[str, Tensor]]) -> None:
-        """Load `dmd_model.official.export_official(model)`: strict for all three modules."""
+        """Load `dmd_model.artefacts.official.export_official(model)`: strict for all three modules."""
         self.net.load_state_dict(exported["dmd"])
         self.homo.load_state_dict(exported["homo_gd"])
         self.hetero.load_state_dict(exported["hetero_gd"])
@@ -265,7 +265,7 @@ class OfficialDMD:
                    orthogonality_axis: str = "batch") -> dict[str, Tensor]:
         """Every loss term and the total, composed as the official `do_train` composes them.
 
-        Term names follow `dmd_model.losses.dmd_loss`. orthogonality_axis "batch" is the official
+        Term names follow `dmd_model.training.losses.dmd_loss`. orthogonality_axis "batch" is the official
         3-D CosineEmbeddingLoss call as PyTorch 1.9 computed it; "feature" feeds the official
         `nn.CosineEmbeddingLoss` the features reshaped to (L * B, d), one cosine per step and sample.
         """

@@ -63,7 +63,7 @@ def checkpoint_path(arg: str | None) -> Path:
 
 
 async def bench_sessions(args: argparse.Namespace) -> dict:
-    from dmd_model.predict import Predictor
+    from dmd_model.artefacts.predict import Predictor
     from stream.publish import watch_estimates
     from workers.asr.factory import make_engine_factory
     from workers.asr.worker import AsrSession
@@ -130,8 +130,8 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
 
 
 async def bench_batching(args: argparse.Namespace) -> dict:
+    from dmd_model.artefacts.predict import Predictor
     from dmd_model.features import voiced_mask
-    from dmd_model.predict import Predictor
     from dmd_types import Frames, Word
     from stream.keys import INFER_GROUP, WINDOWS
     from stream.lifecycle import start_session

@@ -50,10 +50,10 @@ from official_dmd import (  # noqa: E402
     official_path,
 )
 
+from dmd_model.artefacts.official import export_official  # noqa: E402
 from dmd_model.config import DMDConfig  # noqa: E402
-from dmd_model.losses import dmd_loss  # noqa: E402
-from dmd_model.network import DMD  # noqa: E402
-from dmd_model.official import export_official  # noqa: E402
+from dmd_model.network.dmd import DMD  # noqa: E402
+from dmd_model.training.losses import dmd_loss  # noqa: E402
 
 FORWARD_BATCHES = (1, 16, 64)
 TRAIN_BATCHES = (16, 32)

@@ -4,7 +4,7 @@ Ridge regression on mean-pooled all-MiniLM-L6-v2 sentence embeddings (the senten
 recipe: mean over the tokens, [CLS] and [SEP] included, then L2-normalised), trained on the CMU-MOSI
 and CMU-MOSEI train splits together, with the text normalised as the live path normalises it
 (lower case, no punctuation: `normalise_text`). The ridge alpha is chosen on the two valid splits
-together (lowest MAE); test is used once. Metrics are MMSA's (`dmd_model.metrics`), per test set.
+together (lowest MAE); test is used once. Metrics are MMSA's (`dmd_model.training.metrics`), per test set.
 
 With `--checkpoint`, the same run also evaluates a Live DMD checkpoint on the same test sets, its
 input made from the transcripts by the text-only extraction path (`text_window`), so the two are
@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dmd_model.training.metrics import regression_metrics  # noqa: E402
 from dmd_types import normalise_text  # noqa: E402
-from dmd_model.metrics import regression_metrics  # noqa: E402
 
 DEFAULT_LABELS = ROOT.parent / "shared" / "data" / "labels"
 SPLIT = {"train": "train", "valid": "valid", "dev": "valid", "test": "test"}
@@ -108,9 +108,9 @@ def probe(data: dict[str, list], cache: Path | None) -> dict:
 
 def checkpoint_metrics(path: Path, data: dict[str, list], cache: Path | None) -> dict:
     """A checkpoint's metrics on each test set, its inputs made by the text-only extraction path."""
-    from dmd_model.extract import CachedTextEncoder, text_window
+    from dmd_model.artefacts.predict import Predictor
+    from dmd_model.datasets import CachedTextEncoder, text_window
     from dmd_model.features import check_profile
-    from dmd_model.predict import Predictor
 
     predictor = Predictor(path, device="cpu")
     profile = check_profile(predictor.checkpoint.profile)

@@ -71,9 +71,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 def random_checkpoint(path: Path) -> Path:
     import dmd_model.features
-    from dmd_model.checkpoint import save_checkpoint
+    from dmd_model.artefacts.checkpoint import save_checkpoint
     from dmd_model.config import DMDConfig
-    from dmd_model.network import DMD
+    from dmd_model.network.dmd import DMD
 
     cfg = DMDConfig.from_dict({"name": "live_random", "model": {"feature_dims": [384, 25, 55],
                                                                 "seq_lens": [50, 50, 50], "d_model": 16,

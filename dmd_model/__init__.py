@@ -9,10 +9,10 @@ MMSA data, checkpoints, and the import of official DMD weights.
 
 from __future__ import annotations
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .artefacts.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .artefacts.official import export_official, import_official
 from .config import MODALITIES, ConfigError, DMDConfig, ModelConfig
-from .network import DMD
-from .official import export_official, import_official
+from .network.dmd import DMD
 from .version import __version__
 
 __all__ = [

@@ -46,9 +46,9 @@ def write_checkpoint(path: Path, *, nan: bool = False, seed: int = 0) -> Path:
     import torch
 
     import dmd_model.features
-    from dmd_model.checkpoint import save_checkpoint
+    from dmd_model.artefacts.checkpoint import save_checkpoint
     from dmd_model.config import DMDConfig
-    from dmd_model.network import DMD as Network
+    from dmd_model.network.dmd import DMD as Network
 
     torch.manual_seed(seed)
     cfg = DMDConfig.from_dict(json.loads(json.dumps(LIVE_TEST_MODEL)))

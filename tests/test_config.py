@@ -12,7 +12,7 @@ import yaml
 
 import configs
 from dmd_model.config import ConfigError, DMDConfig, GraphDistillConfig, LossConfig, ModelConfig
-from dmd_model.network import DMD
+from dmd_model.network.dmd import DMD
 
 SHIPPED = sorted((configs.ROOT / "model").glob("*.yaml"))
 # a randomly initialised one-layer BERT, 768 wide like bert-base: no download

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dmd_model.data import DataError, MMSADataset, describe, load_mmsa, make_loaders
-from dmd_model.synthetic import write_synthetic_mmsa
+from dmd_model.training.data import DataError, MMSADataset, describe, load_mmsa, make_loaders
+from dmd_model.training.synthetic import write_synthetic_mmsa
 
 SMALL = {"n_train": 20, "n_valid": 8, "n_test": 6, "feature_dims": (16, 5, 7)}
 

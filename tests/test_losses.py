@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dmd_model.config import GraphDistillConfig, LossConfig, ModelConfig
-from dmd_model.dropout import (
+from dmd_model.kernels.dropout import (
     _uniform16,
     apply_keep_bits,
     dropout,
@@ -21,9 +21,9 @@ from dmd_model.dropout import (
     row_thresholds,
     splitmix64,
 )
-from dmd_model.graph_distill import GraphDistillation
-from dmd_model.losses import dmd_loss, margin_loss, margin_loss_reference, orthogonality_loss
-from dmd_model.network import DMD
+from dmd_model.network.dmd import DMD
+from dmd_model.network.graph_distill import GraphDistillation
+from dmd_model.training.losses import dmd_loss, margin_loss, margin_loss_reference, orthogonality_loss
 
 SMALL = ModelConfig(
     feature_dims=(16, 5, 7), seq_lens=(8, 8, 8), d_model=12, num_heads=3, layers=1, conv_kernels=(3, 3, 3),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from dmd_model.metrics import METRIC_KEYS, format_metrics, regression_metrics, weighted_f1
+from dmd_model.training.metrics import METRIC_KEYS, format_metrics, regression_metrics, weighted_f1
 
 
 def mmsa_reference(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:

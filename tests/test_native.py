@@ -1,4 +1,4 @@
-"""The fused CPU attention kernel (dmd_model/native.py, dmd_model/csrc): built here with the machine's
+"""The fused CPU attention kernel (dmd_model/kernels/native.py, dmd_model/kernels/csrc): built here with the machine's
 compiler and checked against a float64 reference, forward and backward, with and without causal masks
 and dropout."""
 
@@ -10,10 +10,10 @@ import shutil
 import pytest
 import torch
 
-from dmd_model import native
 from dmd_model.config import DMDConfig
-from dmd_model.dropout import row_thresholds, splitmix64
-from dmd_model.network import DMD
+from dmd_model.kernels import native
+from dmd_model.kernels.dropout import row_thresholds, splitmix64
+from dmd_model.network.dmd import DMD
 
 HAVE_COMPILER = native.compiler() is not None
 
@@ -152,7 +152,7 @@ def test_rejects_wrong_dtype_with_a_clear_error():
 
 
 def _model_outputs(monkeypatch, fused: bool, train_grad: bool):
-    import dmd_model.transformer as transformer
+    import dmd_model.network.transformer as transformer
 
     if not fused:
         monkeypatch.setattr(transformer.native, "usable", lambda q, hd: False)
@@ -204,7 +204,7 @@ def test_missing_compiler_is_a_clear_error_and_the_model_falls_back(monkeypatch,
         native.build()
     native.reset()
     try:
-        with caplog.at_level(logging.WARNING, logger="dmd_model.native"):
+        with caplog.at_level(logging.WARNING, logger="dmd_model.kernels.native"):
             assert not native.available()
         assert "using the PyTorch implementation" in caplog.text
         cfg = DMDConfig.from_yaml("configs/model/mosi_aligned.yaml", overrides=["model.use_bert=false"])

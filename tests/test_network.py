@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 import configs
-from dmd_model import attention as attention_module
-from dmd_model import transformer
-from dmd_model.attention import attention
 from dmd_model.config import DMDConfig, ModelConfig
-from dmd_model.dropout import keep_mask_rows, row_thresholds
-from dmd_model.graph_distill import EDGE_PAIRS, edge_matrix
-from dmd_model.network import DMD
-from dmd_model.transformer import EncoderStack, allowed_positions
+from dmd_model.kernels import attention as attention_module
+from dmd_model.kernels.attention import attention
+from dmd_model.kernels.dropout import keep_mask_rows, row_thresholds
+from dmd_model.network import transformer
+from dmd_model.network.dmd import DMD
+from dmd_model.network.graph_distill import EDGE_PAIRS, edge_matrix
+from dmd_model.network.transformer import EncoderStack, allowed_positions
 
 # Small configurations (d_model 12, 3 heads): aligned, and unaligned with a visual input that is
 # already d_model wide, so the official model skips its convolution.

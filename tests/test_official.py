@@ -10,9 +10,9 @@ import torch
 import yaml
 
 import configs
+from dmd_model.artefacts.official import OfficialCheckpointError, export_official, import_official
 from dmd_model.config import ConfigError, DMDConfig, ModelConfig
-from dmd_model.network import DMD
-from dmd_model.official import OfficialCheckpointError, export_official, import_official
+from dmd_model.network.dmd import DMD
 
 SMALL = ModelConfig(
     feature_dims=(16, 5, 7), seq_lens=(8, 8, 8), d_model=12, num_heads=3, layers=1, conv_kernels=(3, 3, 3),

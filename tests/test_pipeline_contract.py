@@ -34,7 +34,7 @@ def nan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_nan_checkpoint_really_outputs_nan(nan_checkpoint: Path) -> None:
-    from dmd_model.predict import Predictor
+    from dmd_model.artefacts.predict import Predictor
 
     predictor = Predictor(nan_checkpoint, device="cpu")
     with pytest.raises(FloatingPointError, match="non-finite"):
@@ -45,8 +45,8 @@ def test_the_nan_checkpoint_really_outputs_nan(nan_checkpoint: Path) -> None:
 @pytest.mark.timeout(90)
 def test_a_model_that_outputs_nan_publishes_nothing_and_its_windows_go_to_the_dead_letters(
         redis_url: str, nan_checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from dmd_model.artefacts.predict import Predictor
     from dmd_model.features import load_text_encoder
-    from dmd_model.predict import Predictor
     from workers.infer.worker import InferenceWorker
     from workers.settings import InferenceSettings
 

@@ -47,8 +47,8 @@ def test_a_burst_of_window_notices_is_served_on_first_delivery_without_running_o
     """Before the worker bounded its concurrent reads, 60 notices at once opened about 180 pooled
     connections; redis-py refuses the 101st (MaxConnectionsError), and those windows waited for a
     claim (`claim_idle_ms`, 10 s by default) instead of being served at once."""
+    from dmd_model.artefacts.predict import Predictor
     from dmd_model.features import load_text_encoder
-    from dmd_model.predict import Predictor
     from workers.infer.worker import InferenceWorker
     from workers.settings import InferenceSettings
 

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from dmd_model.checkpoint import CheckpointError, describe_checkpoint, load_checkpoint, save_checkpoint
+from dmd_model.artefacts.checkpoint import CheckpointError, describe_checkpoint, load_checkpoint, save_checkpoint
 from dmd_model.config import DMDConfig
-from dmd_model.data import load_mmsa, make_loaders
-from dmd_model.network import DMD
-from dmd_model.synthetic import write_synthetic_mmsa
-from dmd_model.train import Trainer, evaluate_checkpoint, set_seed, summarise, train
+from dmd_model.network.dmd import DMD
+from dmd_model.training.data import load_mmsa, make_loaders
+from dmd_model.training.synthetic import write_synthetic_mmsa
+from dmd_model.training.train import Trainer, evaluate_checkpoint, set_seed, summarise, train
 from workers.cli import main as dmd
 
 SMALL = {

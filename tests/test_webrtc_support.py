@@ -51,9 +51,9 @@ def screenshots_dir(tmp_path: Path) -> Path:
 def make_checkpoint(path: Path) -> Path:
     """A small random live-profile checkpoint (the pipeline runs on it; its numbers mean nothing)."""
     import dmd_model.features
-    from dmd_model.checkpoint import save_checkpoint
+    from dmd_model.artefacts.checkpoint import save_checkpoint
     from dmd_model.config import DMDConfig
-    from dmd_model.network import DMD
+    from dmd_model.network.dmd import DMD
 
     cfg = DMDConfig.from_dict({"name": "live_test", "model": {"feature_dims": [384, 25, 55],
                                                               "seq_lens": [50, 50, 50], "d_model": 16,

@@ -150,8 +150,8 @@ def default_checkpoint() -> Path:
 def load_predictor(settings: InferenceSettings, checkpoint: str | Path | None = None) -> Any:
     """The inference model: `checkpoint`, else `inference.checkpoint`, else the bundled one, on
     `inference.device`; refused (FeatureError) when its feature profile cannot be served live."""
+    from dmd_model.artefacts.predict import Predictor
     from dmd_model.features import check_profile
-    from dmd_model.predict import Predictor
 
     path = Path(checkpoint or settings.checkpoint or default_checkpoint())
     predictor = Predictor(path, device=settings.device, threads=settings.threads or None)

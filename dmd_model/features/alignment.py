@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -166,63 +166,13 @@ def align_window(
     `text_encoder` defaults to the profile's (loaded once per process).
     """
     t_start, t_end = float(t_start), float(t_end)
-    if not t_end > t_start:
-        raise FeatureError(f"window [{t_start}, {t_end}) is empty: t_end must be after t_start")
-    if audio.dim != len(AUDIO_NAMES):
-        raise FeatureError(f"audio frames are {audio.dim} wide, the profile's are {len(AUDIO_NAMES)} (eGeMAPSv02 LLDs)")
-    if visual.dim != len(VISUAL_NAMES):
-        raise FeatureError(f"visual frames are {visual.dim} wide, the profile's are {len(VISUAL_NAMES)}")
-    if text_encoder is None:
-        from .text import load_text_encoder
-
-        text_encoder = load_text_encoder(profile.text_model)
-    if text_encoder.dim != profile.text_dim:
-        raise FeatureError(
-            f"the text encoder gives {text_encoder.dim}-wide vectors, profile {profile.name!r} expects "
-            f"{profile.text_dim}: use its model ({profile.text_model})"
-        )
-    L = profile.seq_len
+    text_encoder = _checked_inputs(audio, visual, t_start, t_end, text_encoder, profile)
     audio = audio.between(t_start, t_end)
     visual = visual.between(t_start, t_end)
-
     chosen = select_words(words, t_start, t_end)
     tokens = text_encoder.encode([w.text for w in chosen])
-    n_tok = min(len(tokens), L)
-    text = np.zeros((L, profile.text_dim), np.float32)
-    token_word = np.full(L, -1, np.int64)
-    spans = np.zeros((L, 2), np.float64)
-    if n_tok:
-        text[:n_tok] = tokens.vectors[:n_tok]
-        token_word[:n_tok] = tokens.word_index[:n_tok]
-        spans[:n_tok] = [(chosen[i].start, chosen[i].end) for i in token_word[:n_tok]]
-        length = n_tok
-    else:
-        slots = int(np.ceil((t_end - t_start) / profile.slot_s - 1e-9))
-        length = min(max(slots, 1), L)
-        starts = t_start + profile.slot_s * np.arange(length)
-        spans[:length, 0] = starts
-        spans[:length, 1] = np.minimum(starts + profile.slot_s, t_end)
-
-    audio_out = np.zeros((L, len(AUDIO_NAMES)), np.float32)
-    visual_out = np.zeros((L, len(VISUAL_NAMES)), np.float32)
-    audio_voiced = np.zeros(L, bool)
-    face_present = np.zeros(L, bool)
-    for p in range(length):
-        if p and spans[p, 0] == spans[p - 1, 0] and spans[p, 1] == spans[p - 1, 1]:
-            # another word-piece of the same word (or a word with the same span): same frames
-            audio_out[p], visual_out[p] = audio_out[p - 1], visual_out[p - 1]
-            audio_voiced[p], face_present[p] = audio_voiced[p - 1], face_present[p - 1]
-            continue
-        rows = _frame_rows(audio.times, spans[p, 0], spans[p, 1], profile.nearest_s)
-        if rows.size:
-            audio_out[p] = profile.standardise_audio(audio.values[rows].astype(np.float64).mean(0)[None])[0]
-            audio_voiced[p] = bool(audio.present[rows].any())
-        rows = _frame_rows(visual.times, spans[p, 0], spans[p, 1], profile.nearest_s)
-        rows = rows[visual.present[rows]]
-        if rows.size:
-            visual_out[p] = visual.values[rows].astype(np.float64).mean(0)
-            face_present[p] = True
-
+    text, token_word, spans, length, n_tok = _positions(chosen, tokens, t_start, t_end, profile)
+    audio_out, audio_voiced, visual_out, face_present = _averaged_frames(audio, visual, spans, length, profile)
     n_visual = len(visual)
     present = {
         "text": n_tok > 0,
@@ -244,9 +194,80 @@ def align_window(
         face_present=face_present,
         t_start=t_start,
         t_end=t_end,
-        dropped_tokens=max(0, len(tokens) - L),
+        dropped_tokens=max(0, len(tokens) - profile.seq_len),
         profile=profile.name,
     )
+
+
+def _checked_inputs(audio: Frames, visual: Frames, t_start: float, t_end: float, text_encoder: WordEncoder | None,
+                    profile: Profile) -> WordEncoder:
+    """The text encoder to use (the profile's when none is given), once the inputs fit the profile."""
+    if not t_end > t_start:
+        raise FeatureError(f"window [{t_start}, {t_end}) is empty: t_end must be after t_start")
+    if audio.dim != len(AUDIO_NAMES):
+        raise FeatureError(f"audio frames are {audio.dim} wide, the profile's are {len(AUDIO_NAMES)} (eGeMAPSv02 LLDs)")
+    if visual.dim != len(VISUAL_NAMES):
+        raise FeatureError(f"visual frames are {visual.dim} wide, the profile's are {len(VISUAL_NAMES)}")
+    if text_encoder is None:
+        from .text import load_text_encoder
+
+        text_encoder = load_text_encoder(profile.text_model)
+    if text_encoder.dim != profile.text_dim:
+        raise FeatureError(
+            f"the text encoder gives {text_encoder.dim}-wide vectors, profile {profile.name!r} expects "
+            f"{profile.text_dim}: use its model ({profile.text_model})"
+        )
+    return text_encoder
+
+
+def _positions(chosen: Sequence[Word], tokens: Any, t_start: float, t_end: float, profile: Profile
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """The window's positions: one per token (its embedding, its word, the word's span), or without
+    words one per time slot. Returns text (L, Dt), token_word (L,), spans (L, 2), the number of
+    positions filled and the number of tokens."""
+    L = profile.seq_len
+    n_tok = min(len(tokens), L)
+    text = np.zeros((L, profile.text_dim), np.float32)
+    token_word = np.full(L, -1, np.int64)
+    spans = np.zeros((L, 2), np.float64)
+    if n_tok:
+        text[:n_tok] = tokens.vectors[:n_tok]
+        token_word[:n_tok] = tokens.word_index[:n_tok]
+        spans[:n_tok] = [(chosen[i].start, chosen[i].end) for i in token_word[:n_tok]]
+        return text, token_word, spans, n_tok, n_tok
+    slots = int(np.ceil((t_end - t_start) / profile.slot_s - 1e-9))
+    length = min(max(slots, 1), L)
+    starts = t_start + profile.slot_s * np.arange(length)
+    spans[:length, 0] = starts
+    spans[:length, 1] = np.minimum(starts + profile.slot_s, t_end)
+    return text, token_word, spans, length, 0
+
+
+def _averaged_frames(audio: Frames, visual: Frames, spans: np.ndarray, length: int, profile: Profile
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per position, the audio frames and the face frames of its span averaged (audio standardised),
+    and whether they held voiced speech and a face: audio (L, 25), voiced (L,), visual (L, 55), face (L,)."""
+    L = profile.seq_len
+    audio_out = np.zeros((L, len(AUDIO_NAMES)), np.float32)
+    visual_out = np.zeros((L, len(VISUAL_NAMES)), np.float32)
+    audio_voiced = np.zeros(L, bool)
+    face_present = np.zeros(L, bool)
+    for p in range(length):
+        if p and spans[p, 0] == spans[p - 1, 0] and spans[p, 1] == spans[p - 1, 1]:
+            # another word-piece of the same word (or a word with the same span): same frames
+            audio_out[p], visual_out[p] = audio_out[p - 1], visual_out[p - 1]
+            audio_voiced[p], face_present[p] = audio_voiced[p - 1], face_present[p - 1]
+            continue
+        rows = _frame_rows(audio.times, spans[p, 0], spans[p, 1], profile.nearest_s)
+        if rows.size:
+            audio_out[p] = profile.standardise_audio(audio.values[rows].astype(np.float64).mean(0)[None])[0]
+            audio_voiced[p] = bool(audio.present[rows].any())
+        rows = _frame_rows(visual.times, spans[p, 0], spans[p, 1], profile.nearest_s)
+        rows = rows[visual.present[rows]]
+        if rows.size:
+            visual_out[p] = visual.values[rows].astype(np.float64).mean(0)
+            face_present[p] = True
+    return audio_out, audio_voiced, visual_out, face_present
 
 
 def stack_windows(windows: Sequence[AlignedWindow]) -> dict[str, np.ndarray]:

@@ -31,11 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
     """The errors whose message says what to fix: shown without a traceback, exit status 2."""
-    from dmd_model.checkpoint import CheckpointError
+    from dmd_model.artefacts.checkpoint import CheckpointError
+    from dmd_model.artefacts.official import OfficialCheckpointError
     from dmd_model.config import ConfigError
-    from dmd_model.data import DataError
     from dmd_model.features import FeatureError
-    from dmd_model.official import OfficialCheckpointError
+    from dmd_model.training.data import DataError
     from stream.connection import RedisURLError
 
     from ..asr.models import ModelInstallError

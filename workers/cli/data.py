@@ -77,7 +77,7 @@ def _recogniser(choice: str | None) -> str | None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from dmd_model.extract import ExtractError, extract
+    from dmd_model.datasets import ExtractError, extract
     from dmd_model.features import FeatureError, get_profile
 
     try:
@@ -113,8 +113,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     kept, and the test metrics of each `--eval` pickle (computed with the fp16 weights) added."""
     import torch
 
-    from dmd_model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-    from dmd_model.train import evaluate_checkpoint
+    from dmd_model.artefacts.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+    from dmd_model.training.train import evaluate_checkpoint
 
     src = load_checkpoint(args.checkpoint)
     model = src.build_model("cpu")

@@ -31,10 +31,10 @@ def _config(name: str | None, overrides: list[str] | None, default: str = "mosi_
 
 # -- train ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmd_model.data import load_mmsa
-    from dmd_model.metrics import format_metrics
-    from dmd_model.synthetic import write_synthetic_mmsa
-    from dmd_model.train import train
+    from dmd_model.training.data import load_mmsa
+    from dmd_model.training.metrics import format_metrics
+    from dmd_model.training.synthetic import write_synthetic_mmsa
+    from dmd_model.training.train import train
 
     overrides = list(args.set or [])
     if args.epochs is not None:
@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         m = cfg.model
         write_synthetic_mmsa(data_path, seq_lens=m.seq_lens, feature_dims=m.feature_dims,
                              aligned=cfg.data.aligned, with_bert=m.use_bert, seed=0)
-        data_desc = {"path": "synthetic (dmd_model.synthetic.write_synthetic_mmsa, seed 0)"}
+        data_desc = {"path": "synthetic (dmd_model.training.synthetic.write_synthetic_mmsa, seed 0)"}
         profile = {"name": "synthetic", "text": "generated", "audio": "generated", "visual": "generated",
                    "live": False}
     else:
@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- eval ------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dmd_model.train import evaluate_checkpoint
+    from dmd_model.training.train import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,
                                   progress=not args.quiet)
@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # -- info ------------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
-    from dmd_model.checkpoint import describe_checkpoint, load_checkpoint
+    from dmd_model.artefacts.checkpoint import describe_checkpoint, load_checkpoint
 
     info = describe_checkpoint(load_checkpoint(args.checkpoint))
     if args.json:
@@ -141,8 +141,8 @@ def _format_info(info: dict[str, Any]) -> str:
 
 # -- import-official ---------------------------------------------------------------------------------
 def cmd_import_official(args: argparse.Namespace) -> int:
-    from dmd_model.checkpoint import save_checkpoint
-    from dmd_model.official import import_official
+    from dmd_model.artefacts.checkpoint import save_checkpoint
+    from dmd_model.artefacts.official import import_official
 
     cfg = _config(args.config, args.set)
     model = import_official(args.state_dict, cfg)

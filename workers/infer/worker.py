@@ -31,10 +31,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from dmd_model.artefacts.predict import Predictor, sentiment_label
 from dmd_model.features import align_window
 from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
 from dmd_model.features.text import PrecomputedTokens
-from dmd_model.predict import Predictor, sentiment_label
 from dmd_types import Frames, Word
 from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer

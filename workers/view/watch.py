@@ -122,34 +122,64 @@ async def watch(redis: aioredis.Redis, session: str | None = None, *, as_json: b
 
     When Redis goes away (a restart), the watcher backs off, subscribes again and first shows what
     was published in between, from the estimates streams (each window once, as before)."""
-    out = out or sys.stdout
-    shown = 0
-    deadline = None if timeout is None else time.monotonic() + timeout
-    seen: set[tuple[str, int]] = set()
-    last: dict[str, int] = {}  # session -> the latest window shown
+    watcher = _Watcher(redis, session, as_json=as_json, history=history, out=out or sys.stdout, until=until,
+                       ready=ready, timeout=timeout)
     backoff = backoff or Backoff(base=0.1, cap=2.0)
-    view = None if as_json else TerminalView(out)
+    reconnected = False
+    with watcher.view if watcher.view is not None else _Nothing():
+        while True:
+            try:
+                await watcher.follow(reconnected, backoff)
+                return watcher.shown
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.next_delay()
+                if watcher.deadline is not None and time.monotonic() + delay >= watcher.deadline:
+                    return watcher.shown
+                log.warning("watching estimates: Redis unreachable (%s: %s); subscribing again in %.2f s",
+                            type(exc).__name__, exc, delay)
+                reconnected = True
+                await asyncio.sleep(delay)
 
-    def emit(e: Estimate) -> bool:
+
+class _Watcher:
+    """What `watch` has shown (each window once) and how it follows one subscription."""
+
+    def __init__(self, redis: aioredis.Redis, session: str | None, *, as_json: bool, history: int, out: TextIO,
+                 until: Callable[[Estimate], bool] | None, ready: asyncio.Event | None, timeout: float | None) -> None:
+        self.redis, self.session, self.as_json, self.history, self.out = redis, session, as_json, history, out
+        self.until, self.ready = until, ready
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.view = None if as_json else TerminalView(out)
+        self.shown = 0
+        self.seen: set[tuple[str, int]] = set()
+        self.last: dict[str, int] = {}  # session -> the latest window shown
+
+    def emit(self, e: Estimate) -> bool:
         """Show `e` unless it was shown; True when `until` says to stop."""
-        nonlocal shown
-        if (e.session, e.window) in seen:
+        if (e.session, e.window) in self.seen:
             return False
-        seen.add((e.session, e.window))
-        last[e.session] = max(e.window, last.get(e.session, e.window))
-        shown += 1
-        if as_json:
-            out.write(json.dumps(e.to_dict(), separators=(",", ":")) + "\n")
-            out.flush()
-        elif view is not None:
-            view.update(e)
-        return until is not None and until(e)
+        self.seen.add((e.session, e.window))
+        self.last[e.session] = max(e.window, self.last.get(e.session, e.window))
+        self.shown += 1
+        if self.as_json:
+            self.out.write(json.dumps(e.to_dict(), separators=(",", ":")) + "\n")
+            self.out.flush()
+        elif self.view is not None:
+            self.view.update(e)
+        return self.until is not None and self.until(e)
 
-    async def follow(reconnected: bool) -> None:
-        """Subscribe, show the history (or, after a reconnect, what was missed), then follow until
-        done (returns) or the connection fails (raises)."""
+    async def _missed(self, reconnected: bool) -> list[Estimate]:
+        """The history to show first: after a reconnect, what was published while we were away."""
+        if reconnected:
+            return [e for e in await recent_history(self.redis, self.session, max(self.history, RECONNECT_HISTORY))
+                    if e.window > self.last.get(e.session, -1)]
+        return await recent_history(self.redis, self.session, self.history) if self.history else []
+
+    async def follow(self, reconnected: bool, backoff: Backoff) -> None:
+        """Subscribe, show the history (or what was missed), then follow until done (returns) or the
+        connection fails (raises)."""
         subscribed = asyncio.Event()
-        stream = watch_estimates(redis, session, ready=subscribed)
+        stream = watch_estimates(self.redis, self.session, ready=subscribed)
         pending = asyncio.ensure_future(stream.__anext__())
         waiter = asyncio.ensure_future(subscribed.wait())
         try:
@@ -158,49 +188,26 @@ async def watch(redis: aioredis.Redis, session: str | None = None, *, as_json: b
             if not subscribed.is_set():
                 pending.result()  # the subscription failed: raise its error
             backoff.reset()
-            if ready is not None:
-                ready.set()
-            if reconnected:  # what was published while we were away: windows after the last shown
-                missed = [e for e in await recent_history(redis, session, max(history, RECONNECT_HISTORY))
-                          if e.window > last.get(e.session, -1)]
-            else:
-                missed = await recent_history(redis, session, history) if history else []
-            for e in missed:
-                if emit(e):
-                    return
+            if self.ready is not None:
+                self.ready.set()
+            if any(self.emit(e) for e in await self._missed(reconnected)):
+                return
             while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = None if self.deadline is None else self.deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return
                 try:
                     e = await asyncio.wait_for(asyncio.shield(pending), remaining)
-                except asyncio.TimeoutError:
-                    return
-                except StopAsyncIteration:
+                except (asyncio.TimeoutError, StopAsyncIteration):
                     return
                 pending = asyncio.ensure_future(stream.__anext__())
-                if emit(e):
+                if self.emit(e):
                     return
         finally:
             waiter.cancel()
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
             await stream.aclose()
-
-    reconnected = False
-    with view if view is not None else _Nothing():
-        while True:
-            try:
-                await follow(reconnected)
-                return shown
-            except CONNECTION_ERRORS as exc:
-                delay = backoff.next_delay()
-                if deadline is not None and time.monotonic() + delay >= deadline:
-                    return shown
-                log.warning("watching estimates: Redis unreachable (%s: %s); subscribing again in %.2f s",
-                            type(exc).__name__, exc, delay)
-                reconnected = True
-                await asyncio.sleep(delay)
 
 
 class _Nothing:

@@ -40,12 +40,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from .checkpoint import MMSA_PROFILE, save_checkpoint
-from .config import DMDConfig
+from ..artefacts.checkpoint import MMSA_PROFILE, save_checkpoint
+from ..config import DMDConfig
+from ..network.dmd import DMD
 from .data import MMSASplit, describe, make_loaders
 from .losses import dmd_loss
 from .metrics import METRIC_KEYS, format_metrics, regression_metrics
-from .network import DMD
 
 log = logging.getLogger("dmd.train")
 
@@ -400,7 +400,7 @@ def _jsonable(obj: Any) -> Any:
 def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path, *, split: str = "test",
                         device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Load a checkpoint and compute its metrics on a split of an MMSA-format pickle."""
-    from .checkpoint import load_checkpoint
+    from ..artefacts.checkpoint import load_checkpoint
     from .data import load_mmsa
 
     ckpt = load_checkpoint(checkpoint_path)

@@ -10,7 +10,7 @@ products, so this module
 - computes the gradient by hand from the saved weights, in the same orientations, instead of
   letting autograd record a dozen small operations per chunk.
 Attention dropout keeps one probability per head row (members of a stack differ); its masks come
-from `dmd_model.dropout` as keep bits, and its 1 / keep scale is applied to the (smaller) output.
+from `dmd_model.kernels.dropout` as keep bits, and its 1 / keep scale is applied to the (smaller) output.
 Only the rows in the given dropout ranges draw masks: members of a stack without attention dropout
 share the batched products of the others without paying for random numbers.
 """
@@ -36,7 +36,7 @@ def attention(q: Tensor, k: Tensor, vt: Tensor, bias: Tensor | None, scale: floa
     q (n, Lq, hd), k (n, Lk, hd), vt (n, hd, Lk) (values transposed); bias (Lq, Lk) additive
     (-inf hides a key) or None. Attention dropout: `dropout_rows`, sorted disjoint row ranges
     [start, end), default the first m rows; thresholds (m,) int16 and row_scale (m, 1, 1), one per
-    row of those ranges in order (see `dmd_model.dropout.row_thresholds`); the other rows keep every
+    row of those ranges in order (see `dmd_model.kernels.dropout.row_thresholds`); the other rows keep every
     weight. Returns (n, hd, Lq).
     """
     n = q.shape[0]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import GD_ORDER, MODALITIES, GraphDistillConfig
+from ..config import GD_ORDER, MODALITIES, GraphDistillConfig
 
 # (student, teacher) per edge, in GD_ORDER indices
 EDGE_PAIRS: tuple[tuple[int, int], ...] = tuple((j, i) for j in range(3) for i in range(3) if i != j)

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .config import MODALITIES, DMDConfig
-from .network import DMD
+from ..config import MODALITIES, DMDConfig
+from ..network.dmd import DMD
 
 FORMAT = "live-dmd-checkpoint"
 FORMAT_VERSION = 1
@@ -77,7 +77,7 @@ class Checkpoint:
 
 def code_version() -> dict[str, Any]:
     """Package version and, when run from a git checkout, the commit and whether it had changes."""
-    from .version import __version__
+    from ..version import __version__
 
     version: dict[str, Any] = {"live_dmd": __version__, "torch": str(torch.__version__)}
     root = Path(__file__).resolve().parent.parent

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import LossConfig
-from .graph_distill import cosine_embedding_negative
-from .network import DMD
+from ..config import LossConfig
+from ..network.dmd import DMD
+from ..network.graph_distill import cosine_embedding_negative
 
 _KEYS = ("l", "v", "a")  # official order of the per-modality terms
 

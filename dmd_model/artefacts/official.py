@@ -2,7 +2,7 @@
 
 The official model holds one module per modality and per transformer (`proj1_l_low`, `trans_l_with_a`,
 ...); ours holds one definition over the modalities and stacks the transformers (see
-`dmd_model.transformer`). `official_key_map` lists, for every official parameter, where it lives here.
+`dmd_model.network.transformer`). `official_key_map` lists, for every official parameter, where it lives here.
 `import_official` builds our model from an official state dict (for example the authors'
 `mosi-aligned.pth`); `export_official` gives the official state dicts back, which is how
 docs/FIDELITY.md runs the official code on our weights.
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import MODALITIES, DMDConfig, ModelConfig
-from .network import CROSSMODAL, DMD, MEMORY, SELF_ATTENTION, SHORT
+from ..config import MODALITIES, DMDConfig, ModelConfig
+from ..network.dmd import CROSSMODAL, DMD, MEMORY, SELF_ATTENTION, SHORT
 
 # official transformer name -> (our stack, member index)
 TRANSFORMERS: dict[str, tuple[str, int]] = {}

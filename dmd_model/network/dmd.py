@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import GD_ORDER, MODALITIES, ConfigError, ModelConfig
-from .dropout import dropout
+from ..config import GD_ORDER, MODALITIES, ConfigError, ModelConfig
+from ..kernels.dropout import dropout
 from .graph_distill import GraphDistillation, edge_matrix
 from .transformer import EncoderStack
 

@@ -11,7 +11,7 @@ It is compiled on the machine that runs it (`-O3 -march=native -fopenmp`, droppi
 `$CXX`, `c++`, `g++` or `clang++`, once per source, compiler and CPU, into a cache directory:
 `$DMD_NATIVE_CACHE`, else `$XDG_CACHE_HOME/live-dmd`, else `~/.cache/live-dmd`. It takes about a second.
 Where there is no compiler, or the build fails, or `DMD_NATIVE=0` is set, `available()` is false,
-one warning says why, and the model uses the PyTorch implementation (`dmd_model.attention`), which
+one warning says why, and the model uses the PyTorch implementation (`dmd_model.kernels.attention`), which
 computes the same function. Attention dropout draws its own masks here (SplitMix64 of the element
 index, seeded from PyTorch's generator), so a fixed seed gives the same training run on the same
 path, but not the same masks on both paths.

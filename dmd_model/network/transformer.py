@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import native
-from .attention import attention
-from .dropout import dropout, row_thresholds
+from ..kernels import native
+from ..kernels.attention import attention
+from ..kernels.dropout import dropout, row_thresholds
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
@@ -61,7 +61,7 @@ class EncoderStack(nn.Module):
 
     Parameters are named after the official ones with the member as first index, for example
     `layers.0.in_proj_weight[g]` is the official `trans_l_with_a.layers.0.self_attn.in_proj_weight`
-    for member g (see `dmd_model.official` for the key map).
+    for member g (see `dmd_model.artefacts.official` for the key map).
     """
 
     def __init__(
@@ -295,7 +295,7 @@ class _StackedLayer(nn.Module):
     def _attention(stack: EncoderStack, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                    shift: int | None, p_attn: list[float], training: bool) -> Tensor:
         """Multi-head attention over all members, batch items and heads at once: on a CPU the fused
-        kernel of `dmd_model.native` where it is built, else `dmd_model.attention` (see there for why
+        kernel of `dmd_model.kernels.native` where it is built, else `dmd_model.kernels.attention` (see there for why
         it is shaped this way). `mask` and `shift` describe the same causal mask (key j visible to
         query i when j <= i + shift)."""
         G, B, Lq, d = q.shape

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import MODALITIES
+from ..network.dmd import SHORT
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import MODALITIES
-from .network import SHORT
 
 LABELS = ("negative", "neutral", "positive")
 
