@@ -152,10 +152,10 @@ def test_rejects_wrong_dtype_with_a_clear_error():
 
 
 def _model_outputs(monkeypatch, fused: bool, train_grad: bool):
-    import dmd_model.network.transformer as transformer
+    import dmd_model.kernels.stacked as stacked
 
     if not fused:
-        monkeypatch.setattr(transformer.native, "usable", lambda q, hd: False)
+        monkeypatch.setattr(stacked.native, "usable", lambda q, hd: False)
     cfg = DMDConfig.from_yaml("configs/model/mosi_aligned.yaml", overrides=["model.use_bert=false"])
     torch.manual_seed(0)
     model = DMD(cfg.model).eval()

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import configs
 from dmd_model.config import DMDConfig, ModelConfig
 from dmd_model.kernels import attention as attention_module
+from dmd_model.kernels import stacked
 from dmd_model.kernels.attention import attention
 from dmd_model.kernels.dropout import keep_mask_rows, row_thresholds
-from dmd_model.network import transformer
 from dmd_model.network.dmd import DMD
 from dmd_model.network.graph_distill import EDGE_PAIRS, edge_matrix
 from dmd_model.network.transformer import EncoderStack, allowed_positions
@@ -415,7 +415,7 @@ def test_per_member_products_without_gradients_equal_the_batched_products():
 
 def test_inference_feed_forward_in_chunks_equals_the_batched_products(monkeypatch):
     # 64 x 8 = 512 tokens in chunks of 100: five full chunks and a short one, written over x in place
-    monkeypatch.setattr(transformer, "_FFN_CHUNK", 100)
+    monkeypatch.setattr(stacked, "_FFN_CHUNK", 100)
     stack = make_stack(3)
     torch.manual_seed(9)
     queries = [torch.randn(64, 8, 12) for _ in range(3)]
@@ -432,7 +432,7 @@ def test_per_member_projection_equals_the_batched_product_forward_and_backward()
     x = torch.randn(3, 40, 6, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    got = transformer._PerMemberLinear.apply(x, weight, bias)
+    got = stacked._PerMemberLinear.apply(x, weight, bias)
     want = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
     torch.testing.assert_close(got, want)
     g_out = torch.randn_like(want)
@@ -444,10 +444,10 @@ def test_per_member_projection_equals_the_batched_product_forward_and_backward()
 def test_per_member_projections_only_where_threads_would_idle(monkeypatch):
     x = torch.zeros(1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert transformer._per_member_training(x, members=3, tokens=1024)
-    assert not transformer._per_member_training(x, members=6, tokens=1024)  # 3 members per thread
-    assert not transformer._per_member_training(x, members=3, tokens=64)  # too few tokens to pay
-    assert not transformer._per_member_training(x, members=1, tokens=1024)
+    assert stacked._per_member_training(x, members=3, tokens=1024)
+    assert not stacked._per_member_training(x, members=6, tokens=1024)  # 3 members per thread
+    assert not stacked._per_member_training(x, members=3, tokens=64)  # too few tokens to pay
+    assert not stacked._per_member_training(x, members=1, tokens=1024)
 
 
 def test_a_stack_trains_alike_with_per_member_and_batched_projections(monkeypatch):
@@ -458,7 +458,7 @@ def test_a_stack_trains_alike_with_per_member_and_batched_projections(monkeypatc
     sources = [torch.randn(64, 8, 12), None, torch.randn(64, 8, 12)]
 
     def run(per_member: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        monkeypatch.setattr(transformer, "_per_member_training", lambda *a: per_member)
+        monkeypatch.setattr(stacked, "_per_member_training", lambda *a: per_member)
         stack.zero_grad()
         torch.manual_seed(13)  # the same dropout masks in both runs
         outs = stack(queries, sources)

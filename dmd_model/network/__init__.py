@@ -6,5 +6,6 @@
 - `transformer`: MulT's transformer encoder (`EncoderStack`) as DMD uses it
 - `graph_distill`: the graph distillation units (HomoGD, HeteroGD) and their edge matrices
 
-The fast CPU paths these call (the fused attention kernel, dropout draws) are in `dmd_model.kernels`.
+The fast paths these call (per-member projections, the fused attention kernel, dropout draws, the
+in-place feed-forward) are in `dmd_model.kernels`.
 """
