@@ -18,14 +18,18 @@ renewal that the entry is someone else's, and stops.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from .codec import MessageError
 from .connection import Backoff, retry_outage
 from .keys import ASR_GROUP, SESSIONS, SessionKeys
 from .messages import SessionEvent
+
+log = logging.getLogger(__name__)
 
 SESSIONS_MAXLEN = 100_000  # entries kept in dmd:sessions (approximately); a pending entry outlives its trim
 EVENTS_MAXLEN = 1_000
@@ -67,9 +71,15 @@ async def end_session(redis: aioredis.Redis, session: str, t_end: float | None =
 
 
 async def session_events(redis: aioredis.Redis, session: str) -> list[SessionEvent]:
-    """The session's lifecycle events, oldest first."""
-    entries = await redis.xrange(SessionKeys(session).events)
-    return [SessionEvent.from_fields(fields) for _, fields in entries]  # type: ignore[misc]
+    """The session's lifecycle events, oldest first; an entry that cannot be read is left out (and
+    logged): it was not written by a capture worker."""
+    events = []
+    for entry_id, fields in await redis.xrange(SessionKeys(session).events):
+        try:
+            events.append(SessionEvent.from_fields(fields))
+        except MessageError as exc:
+            log.warning("session %s: events entry %r cannot be read (%s): left out", session, entry_id, exc)
+    return events  # type: ignore[return-value]
 
 
 # KEYS[1] stream; ARGV group, consumer, id. 1: renewed; 0: no longer pending; -1: another consumer's.

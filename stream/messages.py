@@ -25,6 +25,11 @@ from .codec import MessageError, pack, unpack
 from .keys import validate_session_id
 
 SCHEMA = 1
+# Session time never reaches this (about 115 days): entry ids are session milliseconds, and a time
+# past it is a corrupt or hostile value, refused where it is decoded rather than by Redis later.
+MAX_SESSION_S = 1e7
+MAX_WINDOW_S = 3600.0  # the longest window span a notice may name
+MAX_WINDOW_INDEX = int(MAX_SESSION_S / 0.01)  # at the shortest hop anyone would set (10 ms)
 AUDIO_FEATURES = 25  # eGeMAPSv02 low-level descriptors
 FACE_FEATURES = 55  # 52 blendshapes + yaw, pitch, roll
 
@@ -44,12 +49,14 @@ def _number(value: Any, name: str, low: float | None = None, high: float | None 
     return value
 
 
-def _integer(value: Any, name: str, low: int | None = None) -> int:
+def _integer(value: Any, name: str, low: int | None = None, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise MessageError(f"{value!r} is not an integer", name)
     value = int(value)
     if low is not None and value < low:
         raise MessageError(f"{value} is below {low}", name)
+    if high is not None and value > high:
+        raise MessageError(f"{value} is above {high}", name)
     return value
 
 
@@ -78,6 +85,8 @@ def _times(value: Any, name: str) -> np.ndarray:
     _finite(arr, name)
     if len(arr) and arr[0] < 0:
         raise MessageError(f"starts at {arr[0]}, before the session started (0)", name)
+    if len(arr) and arr[-1] > MAX_SESSION_S:
+        raise MessageError(f"ends at {arr[-1]}, past the longest session time ({MAX_SESSION_S:g} s)", name)
     if np.any(np.diff(arr) < 0):
         i = int(np.argmax(np.diff(arr) < 0))
         raise MessageError(f"goes backwards at frame {i + 1} ({arr[i]} then {arr[i + 1]}): frames must be in time "
@@ -144,8 +153,13 @@ def from_fields(fields: Mapping[Any, Any], kind: Kind) -> Any:
         raise MessageError(f"entry holds a {body.get('type')!r} message, expected {c.type!r}", "type")
     try:
         return c.from_body(body)
+    except MessageError:
+        raise
     except KeyError as exc:
         raise MessageError(f"{c.type} message has no field {exc.args[0]!r}", str(exc.args[0])) from None
+    except (TypeError, ValueError, AttributeError, OverflowError, IndexError) as exc:
+        # a value of a type or size no check foresaw: still the entry's fault, never the reader's
+        raise MessageError(f"{c.type} message cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 class Message:
@@ -176,8 +190,19 @@ class Message:
         return from_fields(fields, cls)
 
 
+def _field_name(name: Any) -> str:
+    if isinstance(name, bytes):
+        try:
+            return name.decode()
+        except UnicodeDecodeError:
+            raise MessageError(f"field name {name[:20]!r} is not UTF-8: an entry has the fields 'v' and 'm'") from None
+    return str(name)
+
+
 def _entry_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
-    fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in fields.items()}
+    if not isinstance(fields, Mapping):
+        raise MessageError(f"entry is a {type(fields).__name__}, expected a map of fields")
+    fields = {_field_name(k): v for k, v in fields.items()}
     if "v" not in fields or "m" not in fields:
         raise MessageError(f"entry has fields {sorted(fields)}, expected 'v' (schema version) and 'm' (message)")
     raw_version = fields["v"]
@@ -197,7 +222,7 @@ def _entry_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
 
 def _pcm_body(chunk: PcmChunk) -> dict[str, Any]:
     """A PCM chunk on the audio stream: 16 kHz mono int16 samples from session time `t0`."""
-    t0 = _number(chunk.t0, "audio.t0", low=0.0)
+    t0 = _number(chunk.t0, "audio.t0", low=0.0, high=MAX_SESSION_S)
     pcm = _array(chunk.pcm, "audio.pcm")
     if pcm.ndim == 2 and pcm.shape[1] > 1:
         raise MessageError(f"has shape {pcm.shape}: {pcm.shape[1]} channels, expected mono: mix down first",
@@ -270,8 +295,8 @@ def checked_word(word: Any) -> Word:
         raise MessageError(f"{word!r} is not a Word", "words")
     if not isinstance(word.text, str) or not word.text.strip():
         raise MessageError(f"{word.text!r} is not a non-empty string", "words.word")
-    start = _number(word.start, "words.start", low=0.0)
-    end = _number(word.end, "words.end")
+    start = _number(word.start, "words.start", low=0.0, high=MAX_SESSION_S)
+    end = _number(word.end, "words.end", high=MAX_SESSION_S)
     if end < start:
         raise MessageError(f"word {word.text!r} ends at {end}, before it starts ({start})", "words.end")
     confidence = _number(word.confidence, "words.confidence", 0.0, 1.0)
@@ -308,7 +333,7 @@ class AsrWords(Message):
     def __post_init__(self) -> None:
         words = tuple(checked_word(w) if isinstance(w, Word) else word_from_dict(w) for w in self.words)
         object.__setattr__(self, "words", words)
-        watermark = _number(self.watermark, "words.watermark", low=0.0)
+        watermark = _number(self.watermark, "words.watermark", low=0.0, high=MAX_SESSION_S)
         object.__setattr__(self, "watermark", watermark)
         for i, w in enumerate(words):
             if w.end > watermark:
@@ -350,11 +375,14 @@ class WindowNotice(Message):
             validate_session_id(self.session)
         except ValueError as exc:
             raise MessageError(str(exc), "window.session") from None
-        object.__setattr__(self, "window", _integer(self.window, "window.window", low=0))
-        object.__setattr__(self, "t_start", _number(self.t_start, "window.t_start"))
-        object.__setattr__(self, "t_end", _number(self.t_end, "window.t_end", low=0.0))
+        object.__setattr__(self, "window", _integer(self.window, "window.window", low=0, high=MAX_WINDOW_INDEX))
+        object.__setattr__(self, "t_end", _number(self.t_end, "window.t_end", low=0.0, high=MAX_SESSION_S))
+        object.__setattr__(self, "t_start", _number(self.t_start, "window.t_start", low=-MAX_WINDOW_S))
         if self.t_end <= self.t_start:
             raise MessageError(f"{self.t_end} is not after t_start {self.t_start}", "window.t_end")
+        if self.t_end - self.t_start > MAX_WINDOW_S:
+            raise MessageError(f"the window spans {self.t_end - self.t_start:g} s, more than {MAX_WINDOW_S:g} s",
+                               "window.t_start")
         object.__setattr__(self, "notice_time", _number(self.notice_time, "window.notice_time", low=0.0))
 
     def body(self) -> dict[str, Any]:
@@ -423,7 +451,7 @@ class SessionEvent(Message):
             raise MessageError(f"is a {type(self.info).__name__}, expected a map", "session.info")
         object.__setattr__(self, "info", _info(self.info, "session.info"))
         if self.t_end is not None:
-            object.__setattr__(self, "t_end", _number(self.t_end, "session.t_end", low=0.0))
+            object.__setattr__(self, "t_end", _number(self.t_end, "session.t_end", low=0.0, high=MAX_SESSION_S))
 
     def body(self) -> dict[str, Any]:
         return {"session": self.session, "event": self.event, "t_wall": self.t_wall, "source": self.source,

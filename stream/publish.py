@@ -80,7 +80,9 @@ class EstimatePublisher:
         self.max_attempts = max_attempts
         self.conflicts = 0  # transactions retried because another publish of the session came first
 
-    async def publish(self, estimate: Estimate) -> Publication:
+    async def publish(self, estimate: Estimate, expire_s: int | None = None) -> Publication:
+        """Publish `estimate` once (module docstring). `expire_s`: the session has ended, so its
+        estimates and EMA state go that many seconds from now (set in the same transaction)."""
         keys = SessionKeys(estimate.session)
         marker = keys.published(estimate.window)
         for _ in range(self.max_attempts):
@@ -99,12 +101,15 @@ class EstimatePublisher:
                         pipe.hset(keys.state, mapping={"window": new_state.window, "smoothed": repr(new_state.value)})
                     pipe.xadd(keys.estimates, {ESTIMATE_FIELD: text}, maxlen=self.estimates_maxlen, approximate=True)
                     pipe.publish(keys.channel, text)
+                    if expire_s:
+                        pipe.expire(keys.estimates, int(expire_s))
+                        pipe.expire(keys.state, int(expire_s))
                     results = await pipe.execute()
                 except WatchError:
                     self.conflicts += 1
                     await asyncio.sleep(random.uniform(0, 0.002))
                     continue
-            entry_id = results[-2]
+            entry_id = results[-4 if expire_s else -2]
             return Publication(published=True, estimate=final, late=new_state is None,
                                entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
         raise RuntimeError(f"could not publish window {estimate.window} of session {estimate.session!r}: "

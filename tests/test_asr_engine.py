@@ -8,7 +8,7 @@ import pytest
 
 from dmd_types import Word, normalise_text, normalise_word
 from workers.asr.engine import Engine, NoEngine, word_error_rate
-from workers.asr.whisper import LocalAgreement, ends_sentence, hyp_words, word_key
+from workers.asr.whisper import LocalAgreement, cut_repetition, ends_sentence, hyp_words, word_key
 
 
 @pytest.mark.parametrize(("raw", "words"), [
@@ -213,3 +213,10 @@ def test_no_engine_follows_the_audio_without_words() -> None:
     e.feed(silence(0.5), 3.25)
     assert e.finish() == ([], 3.75)
     assert e.stats()["audio_s"] == 0.75 and e.stats()["words"] == 0
+
+
+def test_a_repetition_loop_is_cut_and_real_repeats_are_kept() -> None:
+    loop = hyp("he might even have been made amiable himself he might even have been made amiable himself he might")
+    assert keys(cut_repetition(loop)) == "he might even have been made amiable himself"
+    assert keys(cut_repetition(hyp("it was really really good"))) == "it was really really good"
+    assert keys(cut_repetition(hyp("no no no"))) == "no no no"  # shorter than a phrase of four

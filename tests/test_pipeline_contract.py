@@ -16,6 +16,7 @@ from dmd_types import Frames
 from stream.connection import connect
 from stream.consumer import dead_letter_count, read_dead_letters
 from stream.keys import WINDOWS, SessionKeys
+from stream.lifecycle import start_session
 from stream.messages import ACOUSTIC, FACE, WindowNotice
 from stream.publish import watch_estimates
 from stream.session import Session
@@ -55,6 +56,7 @@ def test_a_model_that_outputs_nan_publishes_nothing_and_its_windows_go_to_the_de
     async def main() -> None:
         r = connect(redis_url)
         session = Session(r, "nan")
+        await start_session(r, "nan", "test", {"asr": "none"})
         t = np.arange(0, 4.0, 0.01)
         rng = np.random.default_rng(0)
         afeat = rng.normal(size=(len(t), 25)).astype(np.float32)

@@ -13,7 +13,7 @@ from redis_fixtures import RedisServer
 
 from stream.codec import pack
 from stream.keys import INFER_GROUP, WINDOWS, SessionKeys
-from stream.messages import WindowNotice
+from stream.messages import SessionEvent, WindowNotice
 
 pytest.register_assert_rewrite("pipeline_helpers")
 from pipeline_helpers import (  # noqa: E402
@@ -148,6 +148,8 @@ def test_malformed_entries_go_to_the_dead_letters_with_their_reason_and_the_work
     garbage = r.xadd(WINDOWS, {b"v": b"1", b"m": b"\xc1 this is not msgpack"}).decode()
     bad = {"type": "afeat", "t": np.array([1.0, 2.0]), "features": np.zeros((2, 3), np.float32)}  # 3, not 25
     r.xadd(SessionKeys("broken").afeat, {b"v": b"1", b"m": pack(bad)}, id="3000-0")
+    r.xadd(SessionKeys("broken").events, SessionEvent("broken", "start", time.time(), "test").to_fields())
+    ghost = r.xadd(WINDOWS, WindowNotice("ghost", 6, 0.0, 3.0, time.time()).to_fields()).decode()  # never started
     broken = r.xadd(WINDOWS, WindowNotice("broken", 6, 0.0, 3.0, time.time()).to_fields()).decode()
     env = pipeline_env(checkpoint, url)
     infer = processes.start("infer", "infer", "--name", "w1", env=env)
@@ -158,16 +160,16 @@ def test_malformed_entries_go_to_the_dead_letters_with_their_reason_and_the_work
     wait_for(lambda: all_published(r, "carol", stats["windows"]), 90, "the good session's estimates", processes,
              alive=[infer])
 
-    # the broken session was announced by nobody: its window waits the ASR grace first
-    wait_for(lambda: len(dead_letters(r)) >= 2, 10, "two dead letters", processes, alive=[infer])
+    wait_for(lambda: len(dead_letters(r)) >= 3, 10, "three dead letters", processes, alive=[infer])
     letters = {d.entry_id: d for d in dead_letters(r)}
-    assert set(letters) == {garbage, broken}, letters
+    assert set(letters) == {garbage, ghost, broken}, letters
+    assert letters[ghost].reason.startswith("session data: window.session: session 'ghost' never started")
     assert letters[garbage].reason.startswith("window notice:") and "msgpack" in letters[garbage].reason
     assert letters[broken].reason.startswith("session data:") and "afeat.features" in letters[broken].reason
     for d in letters.values():
         assert d.stream == WINDOWS and d.group == INFER_GROUP and d.consumer == "w1" and d.deliveries == 1
     assert letters[broken].fields[b"v"] == b"1"  # the original entry travels with it
-    assert int(r.get("dmd:dead:count")) == 2
+    assert int(r.get("dmd:dead:count")) == 3
     check_estimates(estimates(r, "carol"), notices(r, "carol"), session="carol")
     assert not estimates(r, "broken")
     assert pending(r) == 0

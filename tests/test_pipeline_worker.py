@@ -15,6 +15,7 @@ from dmd_model.features import voiced_mask
 from dmd_types import Frames
 from stream.connection import connect
 from stream.keys import SessionKeys
+from stream.lifecycle import start_session
 from stream.messages import ACOUSTIC, FACE
 from stream.session import Session
 from stream.window import WindowSpec
@@ -29,6 +30,7 @@ pytest.importorskip("transformers")
 async def write_session(r, sid: str, seconds: float, rng: np.random.Generator) -> list[int]:
     """A session's acoustic and face frames (random, finite) and its window notices, all at once."""
     session = Session(r, sid)
+    await start_session(r, sid, "test", {"asr": "none"})
     t = np.arange(0, seconds, 0.01)
     afeat = rng.normal(size=(len(t), 25)).astype(np.float32)
     await session.add(Frames(t, afeat, voiced_mask(afeat)), ACOUSTIC)

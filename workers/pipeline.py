@@ -102,7 +102,8 @@ async def run_pipeline(source: Source, settings: PipelineSettings, *, session: s
             asr_name, factory = await loop.run_in_executor(None, lambda: load_asr(settings.asr))
         metrics = Metrics("run")
         worker = InferenceWorker(redis, predictor, settings.inference,
-                                 asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics)
+                                 asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics,
+                                 ended_ttl_s=settings.capture.ended_ttl_s)
         capture = Capture(redis, summary.session, source, settings, metrics=metrics)
         collector = _Collector(redis, summary.session, output, out or sys.stdout)
         tasks = [asyncio.create_task(collector.run(), name="dmd-run-watch")]
@@ -111,7 +112,8 @@ async def run_pipeline(source: Source, settings: PipelineSettings, *, session: s
             tasks.append(asyncio.create_task(worker.run(), name="dmd-run-infer"))
             asr_task = None
             if factory is not None:
-                asr_task = asyncio.create_task(AsrSession(redis, summary.session, factory()).run(), name="dmd-run-asr")
+                asr = AsrSession(redis, summary.session, factory(), ended_ttl_s=settings.capture.ended_ttl_s)
+                asr_task = asyncio.create_task(asr.run(), name="dmd-run-asr")
                 tasks.append(asr_task)
             capture_task = asyncio.create_task(capture.run(asr=asr_name), name="dmd-run-capture")
             if not await until_done_or_stopped(capture_task, stop or asyncio.Event()):

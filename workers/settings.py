@@ -41,6 +41,7 @@ class CaptureSettings:
     video_queue: int = 4  # frames waiting for the face tracker; the oldest are dropped when full
     audio_queue: int = 50  # chunks waiting for the audio features; full: a file source waits, a live one errs
     retention_s: float = 120.0  # session time kept in the data streams
+    ended_ttl_s: float = 3600.0  # an ended session's keys are deleted this long after its end (0: kept)
     speed: float = 1.0  # file sources: 1 = real time, 2 = twice as fast, 0 = as fast as possible
 
 
@@ -108,7 +109,15 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, dict[str,
         p = Path(path)
         if not p.is_file():
             raise SettingsError(f"pipeline settings file {str(p)!r} not found")
-        _merge(raw, yaml.safe_load(p.read_text()) or {}, str(p))
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"pipeline settings file {str(p)!r} is not valid YAML ({str(exc).splitlines()[0]}): "
+                                "fix it, or start from configs/pipeline/default.yaml") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"pipeline settings file {str(p)!r} holds a {type(loaded).__name__}, expected "
+                                "sections of settings (see configs/pipeline/default.yaml)")
+        _merge(raw, loaded or {}, str(p))
     env = os.environ if environ is None else environ
     from_env: dict[str, dict[str, Any]] = {}
     if env.get("REDIS_URL"):
@@ -120,7 +129,10 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, dict[str,
         rest = name[4:].lower()
         for section in sections:
             if rest.startswith(section + "_"):
-                from_env.setdefault(section, {})[rest[len(section) + 1:]] = yaml.safe_load(value)
+                try:
+                    from_env.setdefault(section, {})[rest[len(section) + 1:]] = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise SettingsError(f"{name}={value!r} cannot be read as a value: quote it or fix it") from None
                 break
     _merge(raw, from_env, "the environment")
     _merge(raw, overrides or {}, "the command line")

@@ -1,5 +1,5 @@
-"""The wiring every command shares: Redis (a URL or an embedded server), signals, the model, the
-speech recogniser, and the ASR and inference workers run in one process.
+"""The wiring every command shares: Redis (a URL or an embedded server), the model, the speech
+recogniser, and the ASR and inference workers run in one process.
 
 `dmd run`, `dmd demo`, `dmd serve` and the single-stage commands (`dmd capture`, `dmd asr`,
 `dmd infer`, `dmd watch`) build their stages from these pieces, so each piece is written once:
@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -90,10 +89,11 @@ def require_redis_url(settings: PipelineSettings, command: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(url: str, *, embed: bool = False, ping_timeout_s: float | None = 10.0
+async def open_redis(url: str, *, embed: bool = False, ping_timeout_s: float | None = 5.0
                      ) -> AsyncIterator[aioredis.Redis]:
     """A client for `url`; with no URL and `embed`, for an embedded server started here (and stopped
-    on leaving). With `ping_timeout_s`, the server must answer a PING first, else RedisUnreachable."""
+    on leaving). With `ping_timeout_s`, the server must answer a PING first, else RedisUnreachable:
+    a command fails fast when Redis is not there at its start (outages later are ridden out)."""
     embedded = None
     if not url:
         if not embed:
@@ -120,15 +120,7 @@ def describe_redis(url: str) -> str:
     return parse_redis_url(url).redacted if url else "embedded"
 
 
-# -- signals -----------------------------------------------------------------------------------------
-def stop_on_signals(stop: asyncio.Event) -> None:
-    """SIGINT and SIGTERM set `stop` (a graceful end: the stages finish what is in flight)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-
-
+# -- waiting -----------------------------------------------------------------------------------------
 async def until_done_or_stopped(task: asyncio.Future, stop: asyncio.Event) -> bool:
     """Wait for `task` to end or `stop` to be set, whichever comes first; True if `task` is done."""
     stopper = asyncio.ensure_future(stop.wait())
@@ -198,12 +190,14 @@ def start_workers(redis: aioredis.Redis, settings: PipelineSettings, predictor: 
     """An inference worker and, with a recogniser, an ASR worker serving up to `asr_sessions`
     sessions, as tasks of this process (`dmd serve`)."""
     worker = InferenceWorker(redis, predictor, settings.inference,
-                             asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics)
+                             asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics,
+                             ended_ttl_s=settings.capture.ended_ttl_s)
     stages = Stages(tasks=[asyncio.create_task(worker.run(), name=f"{name}-infer")], stoppers=[worker.stop],
                     inference=worker)
     if factory is not None:
         asr_stop = asyncio.Event()
-        stages.asr = AsrWorker(redis, factory, max_sessions=asr_sessions)
+        stages.asr = AsrWorker(redis, factory, max_sessions=asr_sessions,
+                               session_options={"ended_ttl_s": settings.capture.ended_ttl_s})
         stages.tasks.append(asyncio.create_task(stages.asr.run(asr_stop), name=f"{name}-asr"))
         stages.stoppers.append(asr_stop.set)
     return stages

@@ -206,6 +206,19 @@ def hyp_words(raw: Sequence[tuple[str, float, float, float]]) -> list[Word]:
     return [Word(text.strip(), float(start), float(end), float(p)) for text, start, end, p in raw if _key(text)]
 
 
+def cut_repetition(words: list[Word], min_phrase: int = 4) -> list[Word]:
+    """A hypothesis up to where it starts to say a phrase of `min_phrase` or more words again at once
+    ("he might have been made amiable himself he might have been made amiable himself ..."): Whisper's
+    repetition loop, short enough to slip under the compression-ratio test. A word said twice
+    ("really really") or a short phrase repeated is left alone."""
+    keys = [word_key(w) for w in words]
+    for i in range(len(keys)):
+        for n in range(min_phrase, (len(keys) - i) // 2 + 1):
+            if keys[i:i + n] == keys[i + n:i + 2 * n]:
+                return words[:i + n]
+    return words
+
+
 class LocalAgreement:
     """LocalAgreement-2: commit the longest common prefix of two consecutive hypotheses.
 
@@ -454,7 +467,7 @@ class WhisperEngine(Engine):
         if raw is None:
             return None
         limit = len(audio) / 16000
-        return hyp_words([(text, t0 + min(s, limit), t0 + min(e, limit), p) for text, s, e, p in raw])
+        return cut_repetition(hyp_words([(text, t0 + min(s, limit), t0 + min(e, limit), p) for text, s, e, p in raw]))
 
     def _transcribe_full(self, audio: np.ndarray, prompt: str) -> list[tuple[str, float, float, float]] | None:
         segments, _ = self.model.transcribe(audio, language=self.language, beam_size=1, word_timestamps=True,

@@ -96,7 +96,8 @@ class AsrSession:
 
     def __init__(self, redis: aioredis.Redis, session: str, engine: Engine, *, executor: Executor | None = None,
                  read_count: int = 100, block_ms: int = 500, idle_timeout_s: float = 120.0,
-                 min_advance_s: float = 0.05, resume_context_s: float = 2.0, max_outage_s: float = 60.0) -> None:
+                 min_advance_s: float = 0.05, resume_context_s: float = 2.0, max_outage_s: float = 60.0,
+                 ended_ttl_s: float = 3600.0) -> None:
         self.redis = redis
         self.session = Session(redis, session, max_outage_s=max_outage_s)
         self.keys = SessionKeys(session)
@@ -110,6 +111,7 @@ class AsrSession:
         self.bad_chunks = 0
         self.resumed_from = 0.0
         self.resume_context_s = resume_context_s
+        self.ended_ttl_s = ended_ttl_s  # the words stream goes this long after the final entry (0: kept)
         self._read_from = 0.0
         self._audio_cursor = "0-0"
         self._events_cursor = "0-0"
@@ -151,6 +153,8 @@ class AsrSession:
         if self._end is not None and self._end.t_end is not None:
             watermark = max(watermark, self._end.t_end)
         await self._write(words, watermark, final=True)
+        if self.ended_ttl_s > 0:
+            await self._retrying(self.redis.expire, self.keys.words, int(self.ended_ttl_s))
         stats = self.engine.stats()
         if self.bad_chunks:
             stats["bad_chunks"] = self.bad_chunks

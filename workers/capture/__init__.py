@@ -4,8 +4,17 @@
 - `worker`: `Capture`, which turns a source into a session's Redis streams and window notices
 """
 
-from .sources import CameraSource, FileSource, MergedSource, MicrophoneSource, Source, make_source, media_time
+from .sources import (
+    CameraSource,
+    FileSource,
+    MergedSource,
+    MicrophoneSource,
+    Source,
+    SourceError,
+    make_source,
+    media_time,
+)
 from .worker import Capture, CaptureStats
 
 __all__ = ["CameraSource", "Capture", "CaptureStats", "FileSource", "MergedSource", "MicrophoneSource", "Source",
-           "make_source", "media_time"]
+           "SourceError", "make_source", "media_time"]

@@ -25,6 +25,11 @@ from ..settings import PipelineSettings
 
 log = logging.getLogger("dmd.capture")
 
+class SourceError(ValueError):
+    """A source cannot be used (no such camera or file, no PortAudio, no sound card): the message
+    names it and what to do."""
+
+
 def media_time(item: VideoFrame | PcmChunk) -> float:
     """When an item of a source begins on the session clock: a frame's time, a chunk's first sample."""
     return item.t if isinstance(item, VideoFrame) else item.t0
@@ -40,6 +45,9 @@ class Source:
 
     def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise SourceError if the source cannot be used (called before the pipeline starts)."""
 
     async def close(self) -> None:
         return None
@@ -60,7 +68,8 @@ class FileSource(Source):
         self.has_video = info.has_video if video is None else video and info.has_video
         self.has_audio = info.has_audio if audio is None else audio and info.has_audio
         if not (self.has_video or self.has_audio):
-            raise ValueError(f"{self.path} has neither video nor sound to play")
+            raise SourceError(f"{self.path} has neither video nor sound to play: give a media file with a picture or "
+                              "sound")
         self.speed = float(speed)
         self.live = self.speed > 0
         self.chunk_s = chunk_s
@@ -133,14 +142,26 @@ class CameraSource(Source):
         self.description = f"camera {device}"
         self._stop = False
 
+    def check(self) -> None:
+        """Open the camera once and let it go: SourceError now, not after the models have loaded."""
+        import cv2
+
+        cap = cv2.VideoCapture(self.device)
+        try:
+            if not cap.isOpened():
+                raise SourceError(f"cannot open camera {self.device!r}: check the device index or path "
+                                  "(`dmd run --source webcam --camera 1`) and that no other program holds it")
+        finally:
+            cap.release()
+
     async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         import cv2
 
         loop = asyncio.get_running_loop()
         cap = await loop.run_in_executor(None, cv2.VideoCapture, self.device)
         if not cap.isOpened():
-            raise RuntimeError(f"cannot open camera {self.device!r}: check the device index or path "
-                               "(`dmd run --source webcam --camera 1`) and that no other program holds it")
+            raise SourceError(f"cannot open camera {self.device!r}: check the device index or path "
+                              "(`dmd run --source webcam --camera 1`) and that no other program holds it")
         is_file = isinstance(self.device, str) and Path(self.device).exists()
         rate = self.fps or (cap.get(cv2.CAP_PROP_FPS) if is_file else 0) or 30.0
         start = time.monotonic()
@@ -151,7 +172,7 @@ class CameraSource(Source):
                 if not ok:
                     if is_file:
                         break
-                    raise RuntimeError(f"camera {self.device!r} stopped delivering frames")
+                    raise SourceError(f"camera {self.device!r} stopped delivering frames: is it still connected?")
                 if is_file:  # deliver at the file's frame rate, as a camera would
                     due = start + n / rate
                     delay = due - time.monotonic()
@@ -186,12 +207,25 @@ class MicrophoneSource(Source):
         self.overruns = 0
         self._stop = asyncio.Event()
 
+    def check(self) -> None:
+        """PortAudio is there and so is an input device: SourceError naming what is missing."""
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # PortAudio missing
+            raise SourceError(f"the microphone needs PortAudio ({exc}): install libportaudio2 "
+                              "(Debian/Ubuntu: apt-get install libportaudio2)") from None
+        try:
+            sd.query_devices(self.device, kind="input")
+        except (ValueError, sd.PortAudioError) as exc:
+            raise SourceError(f"no microphone {self.device if self.device is not None else '(default)'} ({exc}): "
+                              "list the input devices with `python -m sounddevice` and pass --microphone") from None
+
     async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         try:
             import sounddevice as sd
         except OSError as exc:  # PortAudio missing
-            raise RuntimeError(f"the microphone needs PortAudio ({exc}): install libportaudio2 "
-                               "(Debian/Ubuntu: apt-get install libportaudio2)") from None
+            raise SourceError(f"the microphone needs PortAudio ({exc}): install libportaudio2 "
+                              "(Debian/Ubuntu: apt-get install libportaudio2)") from None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=self.queue_size)
         last_report = [0.0]
@@ -284,14 +318,17 @@ def make_source(spec: str, settings: PipelineSettings, *, camera: str | None = N
             return None
         return int(value) if value.isdigit() else value
 
-    if spec in ("webcam", "camera"):
-        return CameraSource(device(camera) if camera is not None else 0)
-    if spec in ("mic", "microphone"):
-        return MicrophoneSource(device(microphone), cap.chunk_ms, cap.audio_queue, metrics)
-    if spec in ("webcam+mic", "camera+mic"):
-        return MergedSource(CameraSource(device(camera) if camera is not None else 0),
-                            MicrophoneSource(device(microphone), cap.chunk_ms, cap.audio_queue, metrics))
+    sources: list[Source] = []
+    if spec in ("webcam", "camera", "webcam+mic", "camera+mic"):
+        sources.append(CameraSource(device(camera) if camera is not None else 0))
+    if spec in ("mic", "microphone", "webcam+mic", "camera+mic"):
+        sources.append(MicrophoneSource(device(microphone), cap.chunk_ms, cap.audio_queue, metrics))
+    if sources:
+        for source in sources:
+            source.check()
+        return sources[0] if len(sources) == 1 else MergedSource(*sources)
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"source {spec!r} is neither webcam, mic, webcam+mic nor an existing media file")
+        raise SourceError(f"source {spec!r} is neither webcam, mic, webcam+mic nor an existing media file: give one "
+                          "of those")
     return FileSource(path, speed=cap.speed, chunk_s=cap.chunk_ms / 1000)

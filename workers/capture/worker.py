@@ -111,6 +111,8 @@ class Capture:
             for window in self.planner.finish():
                 await self.session.notify_window(window)
                 self.stats.windows += 1
+        if self.settings.capture.ended_ttl_s > 0:
+            await self.session.expire(int(self.settings.capture.ended_ttl_s))
         if self._tracker is not None:
             await loop.run_in_executor(self._threads, self._tracker.close)
         self._threads.shutdown(wait=False)

@@ -41,11 +41,22 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     from ..asr.models import ModelInstallError
     from ..asr.vosk import VoskModelError
     from ..asr.whisper import WhisperModelError
+    from ..capture.sources import SourceError
     from ..settings import SettingsError
     from ..wiring import RedisUnreachable
 
     return (ConfigError, DataError, CheckpointError, OfficialCheckpointError, FileNotFoundError, FeatureError,
-            SettingsError, RedisURLError, RedisUnreachable, VoskModelError, WhisperModelError, ModelInstallError)
+            SettingsError, RedisURLError, RedisUnreachable, VoskModelError, WhisperModelError, ModelInstallError,
+            SourceError)
+
+
+def run() -> int:
+    """The `dmd` program: `main` with native libraries' log noise filtered unless -v (cli/quiet.py)."""
+    if not {"-v", "--verbose"} & set(sys.argv[1:]):
+        from .quiet import quiet_native_logs
+
+        quiet_native_logs()
+    return main()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,10 +4,20 @@ make, and JSON on standard output."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..settings import PipelineSettings, load_settings
+
+log = logging.getLogger("dmd")
 
 ASR_ENGINES = ("auto", "vosk", "whisper", "none")
 
@@ -41,3 +51,45 @@ def settings_from(args: argparse.Namespace) -> PipelineSettings:
         if value is not None:
             overrides.setdefault(section, {})[key] = value
     return load_settings(getattr(args, "settings", None), overrides)
+
+
+def run_stoppable(main: Callable[[asyncio.Event], Awaitable[int]], *, grace_s: float = 3.0,
+                  deadline_s: float = 4.2) -> int:
+    """Run a command's `main(stop)` until it returns. SIGINT or SIGTERM sets `stop` (a graceful end:
+    the stages finish what is in flight); a command still running `grace_s` later, or at a second
+    signal, is cancelled; and whatever still holds the process `deadline_s` after the first signal (a
+    cleanup stuck on a Redis that is away, a thread in a library) ends with exit status 130. So every
+    command ends within 5 s of a signal; what was in flight stays pending in Redis for another worker."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+
+        def hard_exit() -> None:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(130)
+
+        def on_signal() -> None:
+            if stop.is_set():
+                task.cancel()
+                return
+            stop.set()
+            loop.call_later(grace_s, task.cancel)
+            timer = threading.Timer(deadline_s, hard_exit)
+            timer.daemon = True
+            timer.start()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+        try:
+            return await main(stop)
+        except asyncio.CancelledError:
+            log.warning("stopped before the end: what was in flight stays pending in Redis for another worker")
+            return 130
+
+    return asyncio.run(runner())

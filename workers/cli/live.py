@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import Metrics
-from .common import ASR_ENGINES, add_pipeline_options, settings_from
+from .common import ASR_ENGINES, add_pipeline_options, run_stoppable, settings_from
 
 log = logging.getLogger("dmd")
 
@@ -48,16 +47,13 @@ def _add_model_and_asr(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vosk-model", help="Vosk model folder (asr auto/vosk)")
 
 
-async def _run(args: argparse.Namespace, source_spec: str, timeline: str | None) -> int:
+async def _run(args: argparse.Namespace, source_spec: str, timeline: str | None, stop: asyncio.Event) -> int:
     from ..capture import make_source
     from ..pipeline import run_pipeline
-    from ..wiring import stop_on_signals
 
     settings = settings_from(args)
     Metrics.serve(settings.metrics.port, settings.metrics.host)
     source = make_source(source_spec, settings, camera=args.camera, microphone=args.microphone)
-    stop = asyncio.Event()
-    stop_on_signals(stop)
     output = "json" if args.json else ("none" if args.quiet else "view")
     summary = await run_pipeline(source, settings, session=args.session, checkpoint=args.checkpoint,
                                  output=output, timeline=timeline, stop=stop)
@@ -69,7 +65,7 @@ async def _run(args: argparse.Namespace, source_spec: str, timeline: str | None)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args, args.source, args.timeline))
+    return run_stoppable(lambda stop: _run(args, args.source, args.timeline, stop))
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.session, args.camera, args.microphone = "demo", None, None
     print(f"Live DMD demo: {Path(source).name} played in real time through capture -> Redis -> ASR -> DMD "
           f"(Ctrl-C to stop)", file=sys.stderr)
-    code = asyncio.run(_run(args, source, str(out / "timeline")))
+    code = run_stoppable(lambda stop: _run(args, source, str(out / "timeline"), stop))
     print(f"timeline: {out / 'timeline.png'} and {out / 'timeline.html'}", file=sys.stderr)
     return code
 
@@ -112,18 +108,16 @@ def add_capture_arguments(p: argparse.ArgumentParser) -> None:
     add_pipeline_options(p)
 
 
-async def _capture(args: argparse.Namespace) -> int:
+async def _capture(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from ..capture import Capture, make_source
-    from ..wiring import open_redis, require_redis_url, stop_on_signals, until_done_or_stopped
+    from ..wiring import open_redis, require_redis_url, until_done_or_stopped
 
     settings = settings_from(args)
     url = require_redis_url(settings, "dmd capture")
     metrics = Metrics("capture")
     Metrics.serve(settings.metrics.port, settings.metrics.host)
     source = make_source(args.source, settings, camera=args.camera, microphone=args.microphone, metrics=metrics)
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    async with open_redis(url, ping_timeout_s=None) as redis:
+    async with open_redis(url) as redis:
         capture = Capture(redis, args.session, source, settings, metrics=metrics)
         task = asyncio.create_task(capture.run(asr=args.asr))
         if not await until_done_or_stopped(task, stop):
@@ -134,7 +128,7 @@ async def _capture(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    return asyncio.run(_capture(args))
+    return run_stoppable(lambda stop: _capture(args, stop))
 
 
 # -- asr -------------------------------------------------------------------------------------------------
@@ -157,23 +151,23 @@ def add_asr_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds before a dead worker's sessions are claimed (default 15)")
     p.add_argument("--idle-timeout", type=float, default=120.0,
                    help="end a session's ASR after this many seconds without audio or end event (default 120)")
+    p.add_argument("--ended-ttl", type=float, default=3600.0,
+                   help="an ended session's words stream is deleted this many seconds later (default 3600; 0: kept)")
 
 
-async def _asr(args: argparse.Namespace) -> int:
+async def _asr(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from stream.keys import ASR_GROUP, SESSIONS
 
     from ..asr.factory import make_engine_factory
     from ..asr.worker import AsrSession, AsrWorker
-    from ..wiring import describe_redis, open_redis, stop_on_signals, until_done_or_stopped
+    from ..wiring import describe_redis, open_redis, until_done_or_stopped
 
     url = args.redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     name, factory = make_engine_factory(args.asr, vosk_model=args.vosk_model, whisper_model=args.whisper_model,
                                         max_cpu=args.max_cpu, sessions=1 if args.session else args.max_sessions)
-    options = {"idle_timeout_s": args.idle_timeout}
+    options = {"idle_timeout_s": args.idle_timeout, "ended_ttl_s": args.ended_ttl}
     log.info("ASR worker: engine %s, Redis %s", name, describe_redis(url))
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    async with open_redis(url, ping_timeout_s=None) as redis:
+    async with open_redis(url) as redis:
         if args.session:
             task = asyncio.create_task(AsrSession(redis, args.session, factory(), **options).run())
             if not await until_done_or_stopped(task, stop):
@@ -193,7 +187,7 @@ async def _asr(args: argparse.Namespace) -> int:
 
 
 def cmd_asr(args: argparse.Namespace) -> int:
-    return asyncio.run(_asr(args))
+    return run_stoppable(lambda stop: _asr(args, stop))
 
 
 # -- infer -------------------------------------------------------------------------------------------------
@@ -206,7 +200,7 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     add_pipeline_options(p)
 
 
-async def _infer(args: argparse.Namespace) -> int:
+async def _infer(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from stream.keys import INFER_GROUP, WINDOWS
 
     from ..infer.worker import InferenceWorker
@@ -216,7 +210,6 @@ async def _infer(args: argparse.Namespace) -> int:
         load_predictor,
         open_redis,
         require_redis_url,
-        stop_on_signals,
         until_done_or_stopped,
     )
 
@@ -225,11 +218,9 @@ async def _infer(args: argparse.Namespace) -> int:
     metrics = Metrics("infer")
     Metrics.serve(settings.metrics.port, settings.metrics.host)
     predictor = load_predictor(settings.inference)
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    async with open_redis(url, ping_timeout_s=None) as redis:
+    async with open_redis(url) as redis:
         worker = InferenceWorker(redis, predictor, settings.inference, asr_grace_s=settings.asr.grace_s,
-                                 name=args.name, metrics=metrics)
+                                 name=args.name, metrics=metrics, ended_ttl_s=settings.capture.ended_ttl_s)
         log.info("inference worker %s: %s on %s, Redis %s", worker.name, predictor.name, predictor.device,
                  describe_redis(url))
         task = asyncio.create_task(worker.run())
@@ -257,7 +248,7 @@ async def _infer(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    return asyncio.run(_infer(args))
+    return run_stoppable(lambda stop: _infer(args, stop))
 
 
 # -- watch -------------------------------------------------------------------------------------------------
@@ -270,9 +261,9 @@ def add_watch_arguments(p: argparse.ArgumentParser) -> None:
     add_pipeline_options(p)
 
 
-async def _watch(args: argparse.Namespace) -> int:
+async def _watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from ..view.watch import watch
-    from ..wiring import open_redis, require_redis_url
+    from ..wiring import open_redis, require_redis_url, until_done_or_stopped
 
     settings = settings_from(args)
     url = require_redis_url(settings, "dmd watch")
@@ -282,15 +273,19 @@ async def _watch(args: argparse.Namespace) -> int:
         count[0] += 1
         return args.count is not None and count[0] >= args.count
 
-    async with open_redis(url, ping_timeout_s=None) as redis:
-        await watch(redis, args.session, as_json=args.json, history=args.history, until=until, timeout=args.timeout)
+    async with open_redis(url) as redis:
+        watching = asyncio.ensure_future(watch(redis, args.session, as_json=args.json, history=args.history,
+                                               until=until, timeout=args.timeout))
+        if not await until_done_or_stopped(watching, stop):
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            return 130
+        await watching
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_watch(args))
-    return 130
+    return run_stoppable(lambda stop: _watch(args, stop))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from ..metrics import Metrics
-from .common import ASR_ENGINES, add_pipeline_options, settings_from
+from .common import ASR_ENGINES, add_pipeline_options, run_stoppable, settings_from
 
 log = logging.getLogger("dmd.serve")
 
@@ -93,16 +93,13 @@ def _loopback(host: str) -> bool:
         return False
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from ..pipeline import serve
-    from ..wiring import stop_on_signals
 
     settings = settings_from(args)
     options = options_from(args)
     options.asr = settings.asr.engine  # with workers here, the engine they load says it instead
     Metrics.serve(settings.metrics.port, settings.metrics.host)
-    stop = asyncio.Event()
-    stop_on_signals(stop)
     await serve(settings, options, workers=not args.no_workers, checkpoint=args.checkpoint, stop=stop)
     return 0
 
@@ -119,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     quiet_webrtc_logs(getattr(args, "verbose", False))
     try:
-        return asyncio.run(_serve(args))
+        return run_stoppable(lambda stop: _serve(args, stop))
     except (ValueError, RedisUnreachable, OSError) as exc:  # settings, Redis, a port in use, a certificate
         print(f"dmd serve: {exc}", file=sys.stderr)
         return 2

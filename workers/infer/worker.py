@@ -91,11 +91,12 @@ class InferenceWorker:
 
     def __init__(self, redis: aioredis.Redis, predictor: Predictor, settings: InferenceSettings | None = None, *,
                  asr_grace_s: float = AsrSettings.grace_s, name: str | None = None, metrics: Metrics | None = None,
-                 text_encoder: Any = None) -> None:
+                 text_encoder: Any = None, ended_ttl_s: float = 3600.0) -> None:
         self.redis = redis
         self.predictor = predictor
         self.settings = settings or InferenceSettings()
         self.asr_grace_s = asr_grace_s
+        self.ended_ttl_s = ended_ttl_s  # the estimates of an ended session expire this long after they are published
         self.metrics = metrics or Metrics()
         s = self.settings
         self.consumer = GroupConsumer(redis, WINDOWS, INFER_GROUP, name, count=s.max_batch, block_ms=200,
@@ -210,6 +211,13 @@ class InferenceWorker:
         latency: dict[str, float] = {}
         start = time.monotonic()
         info = await self._session_info(notice.session)
+        if info is None:
+            raise MessageError(f"session {notice.session!r} never started (no start event in its events stream, or "
+                               "its keys expired): a notice for an unknown session", "window.session")
+        ended = info.get("_ended_at")
+        if isinstance(ended, (int, float)) and t0 >= ended:
+            raise MessageError(f"window {notice.window} starts at {t0:g} s, after session {notice.session!r} ended "
+                               f"at {ended:g} s", "window.t_start")
         if self.asr_grace_s > 0 and info.get("asr", "") != "none" and info.get("has_audio", True):
             await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s)
         latency["asr_wait"] = (time.monotonic() - start) * 1000
@@ -220,18 +228,23 @@ class InferenceWorker:
         latency["read"] = (time.monotonic() - start) * 1000
         return _Job(delivery, notice, words_between(words, t0, t1), audio, visual, received, latency)
 
-    async def _session_info(self, session: str) -> dict[str, Any]:
-        """The session's start announcement (`info`: asr engine, media, clock origin), cached."""
+    async def _session_info(self, session: str) -> dict[str, Any] | None:
+        """The session's start announcement (`info`: asr engine, media, clock origin; `_ended_at`:
+        where its audio ended, once it has), cached for 30 s; None for a session that never started."""
         cached = self._info.get(session)
         if cached is not None and time.monotonic() - cached[0] < 30:
             return cached[1]
-        info: dict[str, Any] = {}
+        info: dict[str, Any] | None = None
         try:
             for event in await session_events(self.redis, session):
                 if event.event == "start":
                     info = dict(event.info)
+                elif event.event == "end" and info is not None and event.t_end is not None:
+                    info["_ended_at"] = event.t_end
         except MessageError as exc:
             log.warning("session %s has an unreadable lifecycle event: %s", session, exc)
+        if info is None:
+            return None  # not cached: a start that comes later counts
         if len(self._info) > 10_000:
             self._info.clear()
         self._info[session] = (time.monotonic(), info)
@@ -259,14 +272,17 @@ class InferenceWorker:
             batch = [await self._ready.get()]
             deadline = time.monotonic() + s.max_wait_ms / 1000
             while len(batch) < s.max_batch:
-                remaining = deadline - time.monotonic()
+                # stopping (SIGTERM): run what is here now rather than wait for the batch to fill
+                remaining = 0.0 if self._stopping.is_set() else deadline - time.monotonic()
                 if remaining <= 0 and self._ready.empty():
                     break
                 try:
                     batch.append(self._ready.get_nowait() if remaining <= 0 else
-                                 await asyncio.wait_for(self._ready.get(), remaining))
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                                 await asyncio.wait_for(self._ready.get(), min(remaining, 0.1)))
+                except asyncio.QueueEmpty:
                     break
+                except asyncio.TimeoutError:
+                    continue  # look at the deadline and at stopping again
             await self._run_batch(batch, loop)
 
     async def _run_batch(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
@@ -322,7 +338,8 @@ class InferenceWorker:
             words=tuple(window.words), latency_ms={k: round(v, 3) for k, v in latency.items()},
             model=self.predictor.name, checkpoint=self.predictor.sha256[:16],
         )
-        publication = await self.publisher.publish(estimate)
+        ended = isinstance(info.get("_ended_at"), (int, float))
+        publication = await self.publisher.publish(estimate, expire_s=int(self.ended_ttl_s) if ended else None)
         if publication.published:
             self.published += 1
             self.metrics.windows.inc()

@@ -21,11 +21,18 @@ def _points(estimates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _words(estimates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen: dict[tuple[str, float], dict[str, Any]] = {}
+    """The words of overlapping windows, each once: a window cuts a word's span to its own edges, so
+    the same text with touching spans is one word (a word said twice has spans apart)."""
+    words: list[dict[str, Any]] = []
     for e in estimates:
         for w in e.get("words", []):
-            seen.setdefault((w["word"], round(w["start"], 2)), w)
-    return sorted(seen.values(), key=lambda w: w["start"])
+            same = next((o for o in words if o["word"] == w["word"] and o["start"] <= w["end"] + 0.01
+                         and w["start"] <= o["end"] + 0.01), None)
+            if same is None:
+                words.append({"word": w["word"], "start": w["start"], "end": w["end"]})
+            else:
+                same["start"], same["end"] = min(same["start"], w["start"]), max(same["end"], w["end"])
+    return sorted(words, key=lambda w: w["start"])
 
 
 def write_png(estimates: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:

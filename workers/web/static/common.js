@@ -107,12 +107,20 @@ const DMD = (() => {
     return box;
   }
 
+  // The words of overlapping windows, each once. A window cuts a word's span to its own edges, so
+  // the same word comes back with other times: the same text whose spans touch is the same word;
+  // a word said twice ("really really") has two spans apart.
   function wordsOf(estimates, limit = 40) {
-    const seen = new Set(), words = [];
+    const words = [];
     for (const e of estimates) {
       for (const w of e.words || []) {
-        const key = `${w.start.toFixed(2)}|${w.word}`;
-        if (!seen.has(key)) { seen.add(key); words.push(w); }
+        const same = words.find((o) => o.word === w.word && o.start <= w.end + 0.01 && w.start <= o.end + 0.01);
+        if (same) {
+          same.start = Math.min(same.start, w.start);
+          same.end = Math.max(same.end, w.end);
+        } else {
+          words.push({ word: w.word, start: w.start, end: w.end });
+        }
       }
     }
     words.sort((a, b) => a.start - b.start);
