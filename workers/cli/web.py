@@ -43,6 +43,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="TLS private key (PEM), if not in --cert")
     p.add_argument("--max-sessions", type=int, default=8, help="WebRTC sessions at once (default 8)")
     p.add_argument("--max-body", type=int, default=64 * 1024, help="largest request body in bytes (default 65536)")
+    p.add_argument("--max-streams", type=int, default=1000,
+                   help="dashboard event streams at once (default 1000); more get 503")
     p.add_argument("--no-workers", action="store_true",
                    help="serve only: ASR and inference workers run elsewhere on the same Redis")
     p.add_argument("--checkpoint", help="model checkpoint (default: the bundled one)")
@@ -73,11 +75,13 @@ def options_from(args: argparse.Namespace) -> Any:
         servers.append(server)
     if args.max_sessions < 1:
         raise ValueError(f"--max-sessions {args.max_sessions}: must be at least 1")
+    if args.max_streams < 1:
+        raise ValueError(f"--max-streams {args.max_streams}: must be at least 1")
     if args.key and not args.cert:
         raise ValueError("--key needs --cert")
     options = ServeOptions(host=args.host, port=args.port, token=token, ice_servers=servers,
-                           max_sessions=args.max_sessions, max_body=args.max_body, cert=args.cert or "",
-                           key=args.key or "")
+                           max_sessions=args.max_sessions, max_body=args.max_body, max_streams=args.max_streams,
+                           cert=args.cert or "", key=args.key or "")
     if not token and not _loopback(args.host):
         log.warning("dmd serve listens on %s without a token: anyone who reaches it can stream and watch "
                     "(set --token or $DMD_SERVE_TOKEN)", args.host)

@@ -85,6 +85,8 @@ class ServeOptions:
     max_body: int = 64 * 1024
     history: int = 120  # estimates per session a dashboard gets on connect
     history_sessions: int = 12  # the most recently active sessions whose history it gets
+    max_streams: int = 1000  # dashboards' event streams at once; more get 503
+    history_reads: int = 8  # event streams reading their history from Redis at once (the rest wait their turn)
     connect_timeout_s: float = 30.0  # a peer that has not connected by then is dropped
     asr: str = "auto"  # what captures announce to inference workers ("none": do not wait for words)
     cert: str = ""
@@ -105,6 +107,8 @@ class LiveApp:
         self.hub = EstimateHub(redis)
         self.peers: dict[str, Peer] = {}
         self.ended: list[dict[str, Any]] = []
+        self.streams = 0  # dashboards' event streams open
+        self._history_reads = asyncio.Semaphore(options.history_reads)
         self._streams: set[asyncio.Task] = set()
         app = web.Application(client_max_size=options.max_body, middlewares=[self._headers])
         app.router.add_get("/", self.page_session)
@@ -267,6 +271,20 @@ class LiveApp:
     async def dashboard_events(self, request: web.Request) -> web.StreamResponse:
         if not self.authorised(request):
             return self.refuse(request)
+        if self.streams >= self.options.max_streams:
+            return web.json_response({"error": f"{self.streams} dashboard event streams are open, the most this server "
+                                               f"serves (--max-streams {self.options.max_streams}): try again later"},
+                                     status=503, headers={"Retry-After": "5"})
+        self.streams += 1
+        try:
+            return await self._event_stream(request)
+        finally:
+            self.streams -= 1
+
+    async def _event_stream(self, request: web.Request) -> web.StreamResponse:
+        """One dashboard's events: the sessions and their recent history, then every estimate live.
+        All streams share the hub's one Redis subscription; their history reads take turns
+        (`history_reads` at once), so many dashboards opening together do not exhaust Redis's pool."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
@@ -276,10 +294,11 @@ class LiveApp:
             await response.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
 
         try:
-            sessions = await recent_sessions(self.redis)
+            async with self._history_reads:
+                sessions = await recent_sessions(self.redis)
+                history = await dashboard_history(self.redis, self.options.history_sessions, self.options.history)
             for sid, peer in self.peers.items():
                 sessions.setdefault(sid, {"session": sid, "state": "live"})["webrtc"] = peer.info()
-            history = await dashboard_history(self.redis, self.options.history_sessions, self.options.history)
             await send("sessions", list(sessions.values()))
             seen: set[tuple[str, int]] = set()
             for est in history:
