@@ -46,6 +46,8 @@ from .publish import ESTIMATE_FIELD
 from .window import Window
 
 log = logging.getLogger(__name__)
+
+CATCH_UP_GAP_S = 1.5  # how long a catching-up writer may take to its next entry and still be waited for
 T = TypeVar("T")
 
 
@@ -178,17 +180,25 @@ class Session:
         last = await self.redis.xrevrange(self.keys.stream(codec(kind).type), "+", "-", count=1)
         return from_fields(last[0][1], kind).t_end if last else None
 
-    async def wait_until(self, kind: Kind, t: float, timeout: float) -> float | None:
+    async def wait_until(self, kind: Kind, t: float, timeout: float, catch_up_s: float = 0.0) -> float | None:
         """Wait up to `timeout` seconds for stream `kind` to have data up to `t` (the inference worker
-        waiting for the ASR watermark, at most `asr_grace`). Returns the time reached, which is below
-        `t` after a timeout, or None if the stream is still empty."""
+        waiting for the ASR watermark, at most `asr.grace_s`). Returns the time reached, which is below
+        `t` after a timeout, or None if the stream is still empty.
+
+        With `catch_up_s`, a writer that is catching up is waited for longer, up to `catch_up_s` in
+        all: while its data moves on faster than the wall clock (more than 1.2 s of session time per
+        second, as an ASR working off a backlog after an outage does), each new entry gives it another
+        `CATCH_UP_GAP_S` (a recogniser writes when a pass commits words, about once a second). A writer
+        that keeps pace but lags, or has stopped, is not waited for past `timeout`."""
         key = self.keys.stream(codec(kind).type)
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline, limit = start + timeout, start + max(timeout, catch_up_s)
         last = await self.redis.xrevrange(key, "+", "-", count=1)
         reached = from_fields(last[0][1], kind).t_end if last else None
         last_id = last[0][0] if last else b"0-0"
+        seen_at, seen = start, reached
         while reached is None or reached < t:
-            remaining = deadline - time.monotonic()
+            remaining = min(deadline, limit) - time.monotonic()
             if remaining <= 0:
                 break
             new = await self.redis.xread({key: last_id}, block=max(1, int(remaining * 1000)))
@@ -196,6 +206,13 @@ class Session:
                 for entry_id, fields in entries:
                     reached = from_fields(fields, kind).t_end
                     last_id = entry_id
+            now = time.monotonic()
+            if catch_up_s and new and seen is not None and reached is not None and now > seen_at:
+                if (reached - seen) / (now - seen_at) > 1.2:
+                    deadline = now + max(timeout, CATCH_UP_GAP_S)  # catching up: wait for its next entry
+                seen_at, seen = now, reached
+            elif seen is None:
+                seen_at, seen = now, reached
         return reached
 
     async def estimates(self, count: int = 100) -> list[Estimate]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import io
 import logging
 import secrets
 import sys
@@ -28,7 +28,6 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 
 from stream.estimate import Estimate
-from stream.publish import watch_estimates
 
 from .asr.worker import AsrSession
 from .capture import Capture, Source
@@ -36,7 +35,7 @@ from .infer.worker import InferenceWorker
 from .metrics import Metrics
 from .settings import PipelineSettings
 from .view.timeline import write_html, write_png
-from .view.watch import TerminalView
+from .view.watch import watch
 from .web.app import ServeOptions, start_site
 from .wiring import describe_redis, load_asr, load_predictor, open_redis, start_workers, until_done_or_stopped
 
@@ -55,9 +54,17 @@ class RunSummary:
     timeline: list[str] = field(default_factory=list)
 
 
+class _Discard(io.TextIOBase):
+    """Where a run without output writes its estimates."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 class _Collector:
     """The run's own subscriber: every estimate of the session, shown ("view"), printed ("json") or
-    only kept ("none")."""
+    only kept ("none"); it subscribes again after a Redis outage and shows what it missed
+    (`view.watch.watch`)."""
 
     def __init__(self, redis: aioredis.Redis, session: str, output: str, out: TextIO) -> None:
         self.redis, self.session, self.output, self.out = redis, session, output, out
@@ -66,16 +73,14 @@ class _Collector:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
-        view = TerminalView(self.out) if self.output == "view" else None
-        with view if view is not None else contextlib.nullcontext():
-            async for est in watch_estimates(self.redis, self.session, ready=self.subscribed):
-                self.estimates.append(est)
-                if self.output == "json":
-                    self.out.write(json.dumps(est.to_dict(), separators=(",", ":")) + "\n")
-                    self.out.flush()
-                elif view is not None:
-                    view.update(est)
-                self.arrived.set()
+        def keep(estimate: Estimate) -> bool:
+            self.estimates.append(estimate)
+            self.arrived.set()
+            return False  # never done: the run cancels it
+
+        sink = self.out if self.output != "none" else _Discard()
+        await watch(self.redis, self.session, as_json=self.output != "view", history=0, out=sink, until=keep,
+                    ready=self.subscribed)
 
     async def wait_for(self, windows: int, timeout_s: float) -> None:
         """Until `windows` distinct windows have their estimate, or `timeout_s` passes."""
@@ -103,7 +108,8 @@ async def run_pipeline(source: Source, settings: PipelineSettings, *, session: s
         metrics = Metrics("run")
         worker = InferenceWorker(redis, predictor, settings.inference,
                                  asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics,
-                                 ended_ttl_s=settings.capture.ended_ttl_s)
+                                 ended_ttl_s=settings.capture.ended_ttl_s,
+                                 asr_catch_up_s=settings.asr.catch_up_s)
         capture = Capture(redis, summary.session, source, settings, metrics=metrics)
         collector = _Collector(redis, summary.session, output, out or sys.stdout)
         tasks = [asyncio.create_task(collector.run(), name="dmd-run-watch")]

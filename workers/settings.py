@@ -50,6 +50,7 @@ class AsrSettings:
     engine: str = "auto"  # auto (vosk when a model is configured, else whisper), vosk, whisper, none
     vosk_model: str = ""  # path of an unpacked Vosk model (dmd models install ...)
     grace_s: float = 0.25  # how long inference waits for ASR to pass a window's end
+    catch_up_s: float = 8.0  # ... and at most how long while the ASR catches up after an outage
 
 
 @dataclass

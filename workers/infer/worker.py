@@ -3,7 +3,8 @@
 A worker is one member of the consumer group "infer" on `dmd:windows`; add workers (on any machine)
 to serve more sessions. For each window notice it
 
-1. waits for the session's ASR watermark to pass the window's end, at most `asr.grace_s`;
+1. waits for the session's ASR watermark to pass the window's end, at most `asr.grace_s` (or, while
+   the ASR is catching up after an outage, at most `asr.catch_up_s`);
 2. reads the window's span back from the session's streams (acoustic frames, face frames, words);
 3. aligns them into the model's input (`dmd_model.features.align_window`, the same function that
    made the training data), off the event loop;
@@ -39,7 +40,7 @@ from dmd_types import Frames, Word
 from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer
 from stream.estimate import Estimate, ModalityResult
-from stream.keys import INFER_GROUP, WINDOWS
+from stream.keys import INFER_GROUP, WINDOWS, SessionKeys
 from stream.lifecycle import session_events
 from stream.messages import ACOUSTIC, FACE, AsrWords, WindowNotice
 from stream.publish import EstimatePublisher
@@ -91,11 +92,13 @@ class InferenceWorker:
 
     def __init__(self, redis: aioredis.Redis, predictor: Predictor, settings: InferenceSettings | None = None, *,
                  asr_grace_s: float = AsrSettings.grace_s, name: str | None = None, metrics: Metrics | None = None,
-                 text_encoder: Any = None, ended_ttl_s: float = 3600.0) -> None:
+                 text_encoder: Any = None, ended_ttl_s: float = 3600.0,
+                 asr_catch_up_s: float = AsrSettings.catch_up_s) -> None:
         self.redis = redis
         self.predictor = predictor
         self.settings = settings or InferenceSettings()
         self.asr_grace_s = asr_grace_s
+        self.asr_catch_up_s = asr_catch_up_s
         self.ended_ttl_s = ended_ttl_s  # the estimates of an ended session expire this long after they are published
         self.metrics = metrics or Metrics()
         s = self.settings
@@ -219,7 +222,7 @@ class InferenceWorker:
             raise MessageError(f"window {notice.window} starts at {t0:g} s, after session {notice.session!r} ended "
                                f"at {ended:g} s", "window.t_start")
         if self.asr_grace_s > 0 and info.get("asr", "") != "none" and info.get("has_audio", True):
-            await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s)
+            await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s, catch_up_s=self.asr_catch_up_s)
         latency["asr_wait"] = (time.monotonic() - start) * 1000
         start = time.monotonic()
         audio, visual, words = await asyncio.gather(
@@ -244,7 +247,12 @@ class InferenceWorker:
         except MessageError as exc:
             log.warning("session %s has an unreadable lifecycle event: %s", session, exc)
         if info is None:
-            return None  # not cached: a start that comes later counts
+            # no start event: a session nobody announced, or one whose events a Redis restart without
+            # persistence took away while its capture went on writing: that one has data streams
+            keys = SessionKeys(session)
+            if not await self.redis.exists(keys.audio, keys.afeat, keys.vfeat):
+                return None  # not cached: a start that comes later counts
+            info = {}
         if len(self._info) > 10_000:
             self._info.clear()
         self._info[session] = (time.monotonic(), info)
