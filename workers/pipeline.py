@@ -109,7 +109,8 @@ async def run_pipeline(source: Source, settings: PipelineSettings, *, session: s
         worker = InferenceWorker(redis, predictor, settings.inference,
                                  asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics,
                                  ended_ttl_s=settings.capture.ended_ttl_s,
-                                 asr_catch_up_s=settings.asr.catch_up_s)
+                                 asr_catch_up_s=settings.asr.catch_up_s,
+                                 min_confidence=settings.asr.min_confidence)
         capture = Capture(redis, summary.session, source, settings, metrics=metrics)
         collector = _Collector(redis, summary.session, output, out or sys.stdout)
         tasks = [asyncio.create_task(collector.run(), name="dmd-run-watch")]

@@ -51,6 +51,7 @@ class AsrSettings:
     vosk_model: str = ""  # path of an unpacked Vosk model (dmd models install ...)
     grace_s: float = 0.25  # how long inference waits for ASR to pass a window's end
     catch_up_s: float = 8.0  # ... and at most how long while the ASR catches up after an outage
+    min_confidence: float = 0.5  # a window whose words' mean confidence is below this has no text
 
 
 @dataclass

@@ -191,7 +191,8 @@ def start_workers(redis: aioredis.Redis, settings: PipelineSettings, predictor: 
     sessions, as tasks of this process (`dmd serve`)."""
     worker = InferenceWorker(redis, predictor, settings.inference,
                              asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics,
-                             ended_ttl_s=settings.capture.ended_ttl_s, asr_catch_up_s=settings.asr.catch_up_s)
+                             ended_ttl_s=settings.capture.ended_ttl_s, asr_catch_up_s=settings.asr.catch_up_s,
+                             min_confidence=settings.asr.min_confidence)
     stages = Stages(tasks=[asyncio.create_task(worker.run(), name=f"{name}-infer")], stoppers=[worker.stop],
                     inference=worker)
     if factory is not None:

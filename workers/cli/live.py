@@ -221,7 +221,8 @@ async def _infer(args: argparse.Namespace, stop: asyncio.Event) -> int:
     async with open_redis(url) as redis:
         worker = InferenceWorker(redis, predictor, settings.inference, asr_grace_s=settings.asr.grace_s,
                                  name=args.name, metrics=metrics, ended_ttl_s=settings.capture.ended_ttl_s,
-                                 asr_catch_up_s=settings.asr.catch_up_s)
+                                 asr_catch_up_s=settings.asr.catch_up_s,
+                                 min_confidence=settings.asr.min_confidence)
         log.info("inference worker %s: %s on %s, Redis %s", worker.name, predictor.name, predictor.device,
                  describe_redis(url))
         task = asyncio.create_task(worker.run())

@@ -79,6 +79,15 @@ def _blamed(what: str) -> Iterator[None]:
         raise MessageError(f"{what}: {exc.reason}") from None
 
 
+def confident_words(words: list[Word], min_confidence: float) -> list[Word]:
+    """A window's words, or none when the recogniser was not confident of them (mean confidence below
+    `min_confidence`): speech the text model cannot read (another language, noise) is not text. The
+    window is then aligned as one without words: face and voice still count."""
+    if not words or sum(w.confidence for w in words) >= min_confidence * len(words):
+        return words
+    return []
+
+
 def _settle(job: _Job, error: BaseException | None) -> None:
     if job.published is not None and not job.published.done():
         if error is None:
@@ -93,12 +102,14 @@ class InferenceWorker:
     def __init__(self, redis: aioredis.Redis, predictor: Predictor, settings: InferenceSettings | None = None, *,
                  asr_grace_s: float = AsrSettings.grace_s, name: str | None = None, metrics: Metrics | None = None,
                  text_encoder: Any = None, ended_ttl_s: float = 3600.0,
-                 asr_catch_up_s: float = AsrSettings.catch_up_s) -> None:
+                 asr_catch_up_s: float = AsrSettings.catch_up_s,
+                 min_confidence: float = AsrSettings.min_confidence) -> None:
         self.redis = redis
         self.predictor = predictor
         self.settings = settings or InferenceSettings()
         self.asr_grace_s = asr_grace_s
         self.asr_catch_up_s = asr_catch_up_s
+        self.min_confidence = min_confidence
         self.ended_ttl_s = ended_ttl_s  # the estimates of an ended session expire this long after they are published
         self.metrics = metrics or Metrics()
         s = self.settings
@@ -229,7 +240,8 @@ class InferenceWorker:
             session.read_frames(ACOUSTIC, t0, t1), session.read_frames(FACE, t0, t1),
             session.read_span(AsrWords, t0, t1))
         latency["read"] = (time.monotonic() - start) * 1000
-        return _Job(delivery, notice, words_between(words, t0, t1), audio, visual, received, latency)
+        said = confident_words(words_between(words, t0, t1), self.min_confidence)
+        return _Job(delivery, notice, said, audio, visual, received, latency)
 
     async def _session_info(self, session: str) -> dict[str, Any] | None:
         """The session's start announcement (`info`: asr engine, media, clock origin; `_ended_at`:
