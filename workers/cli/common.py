@@ -53,8 +53,8 @@ def settings_from(args: argparse.Namespace) -> PipelineSettings:
     return load_settings(getattr(args, "settings", None), overrides)
 
 
-def run_stoppable(main: Callable[[asyncio.Event], Awaitable[int]], *, grace_s: float = 3.0,
-                  deadline_s: float = 4.2) -> int:
+def run_stoppable(main: Callable[[asyncio.Event], Awaitable[int]], *, grace_s: float = 3.5,
+                  deadline_s: float = 4.3) -> int:
     """Run a command's `main(stop)` until it returns. SIGINT or SIGTERM sets `stop` (a graceful end:
     the stages finish what is in flight); a command still running `grace_s` later, or at a second
     signal, is cancelled; and whatever still holds the process `deadline_s` after the first signal (a
