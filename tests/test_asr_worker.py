@@ -195,7 +195,10 @@ def test_a_killed_workers_session_is_claimed_and_resumed_without_repeating_words
     client.close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen([sys.executable, "-m", "workers.cli", "asr", "--redis", url, "--asr", "whisper",
-                              "--name", "w1", "--claim-idle", "1", "--max-sessions", "1"], cwd=ROOT, env=env,
+                              "--name", "w1", "--claim-idle", "1", "--max-sessions", "1",
+                              # no CPU pacing: on a loaded machine a slow first pass would otherwise
+                              # put the next one off by as long again, past the test's patience
+                              "--max-cpu", "1"], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     async def main() -> None:
