@@ -206,13 +206,12 @@ class Session:
                 for entry_id, fields in entries:
                     reached = from_fields(fields, kind).t_end
                     last_id = entry_id
+            if not new:
+                continue
             now = time.monotonic()
-            if catch_up_s and new and seen is not None and reached is not None and now > seen_at:
-                if (reached - seen) / (now - seen_at) > 1.2:
-                    deadline = now + max(timeout, CATCH_UP_GAP_S)  # catching up: wait for its next entry
-                seen_at, seen = now, reached
-            elif seen is None:
-                seen_at, seen = now, reached
+            if catch_up_s and seen is not None and now > seen_at and (reached - seen) / (now - seen_at) > 1.2:
+                deadline = now + max(timeout, CATCH_UP_GAP_S)  # catching up: wait for its next entry
+            seen_at, seen = now, reached
         return reached
 
     async def estimates(self, count: int = 100) -> list[Estimate]:

@@ -31,13 +31,20 @@ from stream.estimate import Estimate
 
 from .asr.worker import AsrSession
 from .capture import Capture, Source
-from .infer.worker import InferenceWorker
 from .metrics import Metrics
 from .settings import PipelineSettings
 from .view.timeline import write_html, write_png
 from .view.watch import watch
 from .web.app import ServeOptions, start_site
-from .wiring import describe_redis, load_asr, load_predictor, open_redis, start_workers, until_done_or_stopped
+from .wiring import (
+    describe_redis,
+    inference_worker,
+    load_asr,
+    load_predictor,
+    open_redis,
+    start_workers,
+    until_done_or_stopped,
+)
 
 log = logging.getLogger("dmd.run")
 
@@ -106,11 +113,7 @@ async def run_pipeline(source: Source, settings: PipelineSettings, *, session: s
         if source.has_audio:
             asr_name, factory = await loop.run_in_executor(None, lambda: load_asr(settings.asr))
         metrics = Metrics("run")
-        worker = InferenceWorker(redis, predictor, settings.inference,
-                                 asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics,
-                                 ended_ttl_s=settings.capture.ended_ttl_s,
-                                 asr_catch_up_s=settings.asr.catch_up_s,
-                                 min_confidence=settings.asr.min_confidence)
+        worker = inference_worker(redis, settings, predictor, metrics=metrics, words_expected=factory is not None)
         capture = Capture(redis, summary.session, source, settings, metrics=metrics)
         collector = _Collector(redis, summary.session, output, out or sys.stdout)
         tasks = [asyncio.create_task(collector.run(), name="dmd-run-watch")]

@@ -176,14 +176,22 @@ def load_asr(settings: AsrSettings, *, sessions: int = 1, whisper_model: str | N
 
 
 # -- workers in this process ---------------------------------------------------------------------------
+def inference_worker(redis: aioredis.Redis, settings: PipelineSettings, predictor: Any, *, metrics: Metrics,
+                     words_expected: bool = True, name: str | None = None) -> InferenceWorker:
+    """The inference worker of `settings`; `words_expected` false (no recogniser runs): windows do not
+    wait for ASR."""
+    return InferenceWorker(redis, predictor, settings.inference,
+                           asr_grace_s=settings.asr.grace_s if words_expected else 0.0, name=name, metrics=metrics,
+                           ended_ttl_s=settings.capture.ended_ttl_s, asr_catch_up_s=settings.asr.catch_up_s,
+                           min_confidence=settings.asr.min_confidence)
+
+
 @dataclass
 class Stages:
     """Workers running as tasks of this process; `stop()` ends them gracefully."""
 
     tasks: list[asyncio.Task] = field(default_factory=list)
     stoppers: list[Any] = field(default_factory=list)
-    inference: InferenceWorker | None = None
-    asr: AsrWorker | None = None
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         for fn in self.stoppers:
@@ -199,16 +207,12 @@ def start_workers(redis: aioredis.Redis, settings: PipelineSettings, predictor: 
                   *, metrics: Metrics, asr_sessions: int = 1, name: str = "dmd") -> Stages:
     """An inference worker and, with a recogniser, an ASR worker serving up to `asr_sessions`
     sessions, as tasks of this process (`dmd serve`)."""
-    worker = InferenceWorker(redis, predictor, settings.inference,
-                             asr_grace_s=settings.asr.grace_s if factory else 0.0, metrics=metrics,
-                             ended_ttl_s=settings.capture.ended_ttl_s, asr_catch_up_s=settings.asr.catch_up_s,
-                             min_confidence=settings.asr.min_confidence)
-    stages = Stages(tasks=[asyncio.create_task(worker.run(), name=f"{name}-infer")], stoppers=[worker.stop],
-                    inference=worker)
+    worker = inference_worker(redis, settings, predictor, metrics=metrics, words_expected=factory is not None)
+    stages = Stages(tasks=[asyncio.create_task(worker.run(), name=f"{name}-infer")], stoppers=[worker.stop])
     if factory is not None:
         asr_stop = asyncio.Event()
-        stages.asr = AsrWorker(redis, factory, max_sessions=asr_sessions,
-                               session_options={"ended_ttl_s": settings.capture.ended_ttl_s})
-        stages.tasks.append(asyncio.create_task(stages.asr.run(asr_stop), name=f"{name}-asr"))
+        asr = AsrWorker(redis, factory, max_sessions=asr_sessions,
+                        session_options={"ended_ttl_s": settings.capture.ended_ttl_s})
+        stages.tasks.append(asyncio.create_task(asr.run(asr_stop), name=f"{name}-asr"))
         stages.stoppers.append(asr_stop.set)
     return stages

@@ -144,24 +144,24 @@ class CameraSource(Source):
 
     def check(self) -> None:
         """Open the camera once and let it go: SourceError now, not after the models have loaded."""
+        self._open().release()
+
+    def _open(self) -> Any:
+        """The opened cv2.VideoCapture, or SourceError."""
         import cv2
 
         cap = cv2.VideoCapture(self.device)
-        try:
-            if not cap.isOpened():
-                raise SourceError(f"cannot open camera {self.device!r}: check the device index or path "
-                                  "(`dmd run --source webcam --camera 1`) and that no other program holds it")
-        finally:
+        if not cap.isOpened():
             cap.release()
+            raise SourceError(f"cannot open camera {self.device!r}: check the device index or path "
+                              "(`dmd run --source webcam --camera 1`) and that no other program holds it")
+        return cap
 
     async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
         import cv2
 
         loop = asyncio.get_running_loop()
-        cap = await loop.run_in_executor(None, cv2.VideoCapture, self.device)
-        if not cap.isOpened():
-            raise SourceError(f"cannot open camera {self.device!r}: check the device index or path "
-                              "(`dmd run --source webcam --camera 1`) and that no other program holds it")
+        cap = await loop.run_in_executor(None, self._open)
         is_file = isinstance(self.device, str) and Path(self.device).exists()
         rate = self.fps or (cap.get(cv2.CAP_PROP_FPS) if is_file else 0) or 30.0
         start = time.monotonic()
@@ -209,11 +209,7 @@ class MicrophoneSource(Source):
 
     def check(self) -> None:
         """PortAudio is there and so is an input device: SourceError naming what is missing."""
-        try:
-            import sounddevice as sd
-        except OSError as exc:  # PortAudio missing
-            raise SourceError(f"the microphone needs PortAudio ({exc}): install libportaudio2 "
-                              "(Debian/Ubuntu: apt-get install libportaudio2)") from None
+        sd = _sounddevice()
         try:
             sd.query_devices(self.device, kind="input")
         except (ValueError, sd.PortAudioError) as exc:
@@ -221,11 +217,7 @@ class MicrophoneSource(Source):
                               "list the input devices with `python -m sounddevice` and pass --microphone") from None
 
     async def media(self) -> AsyncIterator[VideoFrame | PcmChunk]:
-        try:
-            import sounddevice as sd
-        except OSError as exc:  # PortAudio missing
-            raise SourceError(f"the microphone needs PortAudio ({exc}): install libportaudio2 "
-                              "(Debian/Ubuntu: apt-get install libportaudio2)") from None
+        sd = _sounddevice()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=self.queue_size)
         last_report = [0.0]
@@ -264,6 +256,16 @@ class MicrophoneSource(Source):
 
     async def close(self) -> None:
         self._stop.set()
+
+
+def _sounddevice() -> Any:
+    """The sounddevice module, or SourceError when PortAudio is missing."""
+    try:
+        import sounddevice
+    except OSError as exc:  # PortAudio missing
+        raise SourceError(f"the microphone needs PortAudio ({exc}): install libportaudio2 "
+                          "(Debian/Ubuntu: apt-get install libportaudio2)") from None
+    return sounddevice
 
 
 class MergedSource(Source):

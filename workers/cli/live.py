@@ -203,10 +203,10 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
 async def _infer(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from stream.keys import INFER_GROUP, WINDOWS
 
-    from ..infer.worker import InferenceWorker
     from ..metrics import sample_group
     from ..wiring import (
         describe_redis,
+        inference_worker,
         load_predictor,
         open_redis,
         require_redis_url,
@@ -219,10 +219,7 @@ async def _infer(args: argparse.Namespace, stop: asyncio.Event) -> int:
     Metrics.serve(settings.metrics.port, settings.metrics.host)
     predictor = load_predictor(settings.inference)
     async with open_redis(url) as redis:
-        worker = InferenceWorker(redis, predictor, settings.inference, asr_grace_s=settings.asr.grace_s,
-                                 name=args.name, metrics=metrics, ended_ttl_s=settings.capture.ended_ttl_s,
-                                 asr_catch_up_s=settings.asr.catch_up_s,
-                                 min_confidence=settings.asr.min_confidence)
+        worker = inference_worker(redis, settings, predictor, metrics=metrics, name=args.name)
         log.info("inference worker %s: %s on %s, Redis %s", worker.name, predictor.name, predictor.device,
                  describe_redis(url))
         task = asyncio.create_task(worker.run())
