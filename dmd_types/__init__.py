@@ -7,6 +7,8 @@
   normalisation, applied before the text model sees a word, in training and live alike.
 - `PcmChunk` (16 kHz mono int16 samples from a start time) and `VideoFrame` (an RGB picture at a
   time): what a file, a camera, a microphone or a WebRTC peer delivers.
+- `EMOTIONS`, `emotion_of`, `emotion_index`: the seven emotions and the one table that maps each
+  corpus's labels into them.
 - `Frames`: a run of feature frames of one modality (times, values, presence flags), from the
   extractors through the streams to the alignment.
 
@@ -15,9 +17,10 @@ the project. The protocol (`stream`), the model (`dmd_model`) and every process 
 so each value keeps one type from where it is made to where it is used.
 """
 
+from .emotions import EMOTIONS, emotion_index, emotion_of
 from .frames import Frames
 from .media import SAMPLE_RATE, PcmChunk, VideoFrame
 from .words import Word, normalise_text, normalise_word, normalise_words
 
-__all__ = ["SAMPLE_RATE", "Frames", "PcmChunk", "VideoFrame", "Word", "normalise_text", "normalise_word",
-           "normalise_words"]
+__all__ = ["EMOTIONS", "SAMPLE_RATE", "Frames", "PcmChunk", "VideoFrame", "Word", "emotion_index", "emotion_of",
+           "normalise_text", "normalise_word", "normalise_words"]

@@ -199,7 +199,11 @@ class GroupConsumer:
         self._group_ready = False
 
     async def ensure_group(self) -> bool:
-        created = await ensure_group(self.redis, self.stream, self.group, self.start_id)
+        """Make the group, riding out an outage as `read` does (a worker that starts as Redis goes
+        away waits for it instead of dying)."""
+        created = await retry_outage(ensure_group, self.redis, self.stream, self.group, self.start_id,
+                                     backoff=self.backoff, max_outage_s=self.max_outage_s,
+                                     what=f"creating group {self.group} on {self.stream}")
         self._group_ready = True
         return created
 

@@ -27,6 +27,10 @@ with an "end", each written to `dmd:sessions` (all sessions, for a fleet of ASR 
 after the last audio chunk has been added, so a reader that sees it has all the audio. An ASR worker
 that takes a "start" from the group runs that session and watches `dmd:{sid}:events` (and the audio)
 with one blocking read; the "end" entry in `dmd:sessions` may go to any worker, which just acks it.
+
+Access. The workers touch only keys under `dmd:` and channels under `dmd:est:`, with the commands of
+`ACL_COMMANDS`: `acl_rule()` is the rule of a Redis ACL user limited to that (docs/DEPLOY.md, tested
+over TLS by tests/test_redis_security.py).
 """
 
 from __future__ import annotations
@@ -154,3 +158,30 @@ def parse_session_key(key: bytes | str) -> tuple[str, str] | None:
 def estimate_channel(session: str) -> str:
     """`dmd:est:{sid}`: where a session's estimates are published as JSON."""
     return f"{PREFIX}:est:{{{validate_session_id(session)}}}"
+
+
+# -- access ------------------------------------------------------------------------------------------
+# The keys, channels and commands the workers use, for a Redis ACL user limited to them. The channel
+# pattern is "dmd:est:*", not "dmd:*": Redis checks PSUBSCRIBE's pattern (`dmd watch` of every session
+# subscribes to "dmd:est:*") for equality with one of the user's channel patterns, not as a match.
+# AUTH and HELLO need no permission. redis-py's CLIENT SETINFO at connect is left out: Redis 7.0 does
+# not know it, and where a server refuses it redis-py goes on without it.
+ACL_KEYS = f"{PREFIX}:*"
+ACL_CHANNELS = f"{PREFIX}:est:*"
+ACL_COMMANDS: tuple[str, ...] = (
+    "ping", "select",  # the check at start; SELECT for a URL whose database is not 0
+    "exists", "expire", "ttl", "set", "incrby", "hgetall", "hset",  # markers, the EMA, dmd:dead:count, retention
+    "xadd", "xrange", "xrevrange", "xread",  # the streams
+    "xreadgroup", "xgroup|create", "xack", "xautoclaim", "xpending", "xclaim", "xinfo|groups",  # consumer groups
+    "watch", "unwatch", "multi", "exec",  # publishing an estimate once (stream.publish)
+    "evalsha", "script|load",  # an ASR worker's hold on a session (stream.lifecycle: XPENDING and XCLAIM)
+    "scan",  # finding sessions (dmd watch, the dashboard)
+    "publish", "subscribe", "psubscribe",  # estimates as they are published
+)
+
+
+def acl_rule() -> list[str]:
+    """The ACL rules of the workers' user, to follow `user NAME on >PASSWORD` in an ACL file, a
+    `--user` option of redis-server or ACL SETUSER: its keys, its channels, its commands and no other."""
+    return ["resetkeys", f"~{ACL_KEYS}", "resetchannels", f"&{ACL_CHANNELS}", "-@all",
+            *(f"+{command}" for command in ACL_COMMANDS)]

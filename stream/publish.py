@@ -13,6 +13,8 @@ MULTI
   HSET dmd:{sid}:state window k smoothed s          (not for a late window)
   XADD dmd:{sid}:estimates MAXLEN ~ N * estimate <json>
   PUBLISH dmd:est:{sid} <json>
+  EXPIRE dmd:{sid}:estimates ttl, EXPIRE dmd:{sid}:state ttl   (the caller knows the session ended)
+  TTL dmd:{sid}:events                                          (otherwise)
 EXEC                                      -> nil if a watched key changed: read again and retry
 ```
 
@@ -29,6 +31,13 @@ Why this shape:
 - WATCH rather than a Lua script, so the JSON (with its `smoothed`) is built and validated in Python
   by the same code that a subscriber's reader uses; a script would have to edit JSON in Lua.
 - XADD and PUBLISH in one MULTI: a subscriber and a history reader see the same estimates.
+- Nothing outlives its session. When a capture worker ends a session it sets its keys to expire
+  (`capture.ended_ttl_s`, `Session.expire`), but the estimates stream and the EMA state may not
+  exist yet (inference behind a capture that ran faster than real time), and a worker may publish
+  not knowing the session ended (it caches a session's start and end for a while). A publish that
+  was not told the session ended reads the TTL of the session's events stream, which has one only
+  once the session ended; if it has, the estimates and the state get the same time to live in a
+  second round trip, so they go together with the session's other keys instead of never.
 
 The EMA follows window order even when windows finish out of order: see `ema_update`. The ack of the
 window notice is the caller's next step, after `publish` returns (`stream.consumer.Delivery`).
@@ -104,12 +113,20 @@ class EstimatePublisher:
                     if expire_s:
                         pipe.expire(keys.estimates, int(expire_s))
                         pipe.expire(keys.state, int(expire_s))
+                    else:
+                        pipe.ttl(keys.events)  # > 0: the session has ended and its keys expire
                     results = await pipe.execute()
                 except WatchError:
                     self.conflicts += 1
                     await asyncio.sleep(random.uniform(0, 0.002))
                     continue
-            entry_id = results[-4 if expire_s else -2]
+            entry_id = results[-4 if expire_s else -3]
+            if not expire_s and int(results[-1]) > 0:
+                # ended while this worker did not know: the keys this publish made or touched go with the rest
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.expire(keys.estimates, int(results[-1]))
+                    pipe.expire(keys.state, int(results[-1]))
+                    await pipe.execute()
             return Publication(published=True, estimate=final, late=new_state is None,
                                entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
         raise RuntimeError(f"could not publish window {estimate.window} of session {estimate.session!r}: "

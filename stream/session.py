@@ -47,7 +47,8 @@ from .window import Window
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_GAP_S = 1.5  # how long a catching-up writer may take to its next entry and still be waited for
+CATCH_UP_GAP_S = 3.0  # how long a catching-up writer may take to its next entry and still be waited for
+CATCH_UP_LAG_S = 3.0  # a writer this far behind a window's end is catching up (its steady lag is about 1 s)
 T = TypeVar("T")
 
 
@@ -186,16 +187,22 @@ class Session:
         `t` after a timeout, or None if the stream is still empty.
 
         With `catch_up_s`, a writer that is catching up is waited for longer, up to `catch_up_s` in
-        all: while its data moves on faster than the wall clock (more than 1.2 s of session time per
-        second, as an ASR working off a backlog after an outage does), each new entry gives it another
-        `CATCH_UP_GAP_S` (a recogniser writes when a pass commits words, about once a second). A writer
-        that keeps pace but lags, or has stopped, is not waited for past `timeout`."""
+        all, as long as it keeps writing: each new entry gives it another `CATCH_UP_GAP_S` (a
+        recogniser writes about once a second; its first pass over a backlog takes longer). A writer is
+        catching up when its data moves on faster than the wall clock (more than 1.2 s of session time
+        per second), or when it is more than `CATCH_UP_LAG_S` behind `t` (an ASR that was cut off by an
+        outage: it is that far behind only when it has audio to work off, since its steady lag is about
+        a second). Then even its first entry is waited for, up to `CATCH_UP_GAP_S`. A writer that
+        keeps pace a little behind is not waited for past `timeout`, nor one that has stopped writing
+        past `CATCH_UP_GAP_S`."""
         key = self.keys.stream(codec(kind).type)
         start = time.monotonic()
-        deadline, limit = start + timeout, start + max(timeout, catch_up_s)
+        limit = start + max(timeout, catch_up_s)
         last = await self.redis.xrevrange(key, "+", "-", count=1)
         reached = from_fields(last[0][1], kind).t_end if last else None
         last_id = last[0][0] if last else b"0-0"
+        behind = catch_up_s > 0 and t - (reached or 0.0) > CATCH_UP_LAG_S
+        deadline = start + (max(timeout, CATCH_UP_GAP_S) if behind else timeout)
         seen_at, seen = start, reached
         while reached is None or reached < t:
             remaining = min(deadline, limit) - time.monotonic()
@@ -209,7 +216,8 @@ class Session:
             if not new:
                 continue
             now = time.monotonic()
-            if catch_up_s and seen is not None and now > seen_at and (reached - seen) / (now - seen_at) > 1.2:
+            fast = seen is not None and now > seen_at and (reached - seen) / (now - seen_at) > 1.2
+            if catch_up_s and (behind or fast):
                 deadline = now + max(timeout, CATCH_UP_GAP_S)  # catching up: wait for its next entry
             seen_at, seen = now, reached
         return reached

@@ -1,5 +1,7 @@
 """An outage costs latency, not words: the inference worker's wait for the ASR watermark goes on while
-the ASR is catching up (its watermark moving faster than the clock), and only then; a real Redis."""
+the ASR is catching up (its watermark moving faster than the clock, or far behind after an outage
+and still writing), bounded, and only then; a real Redis. The whole of it, with a real Redis restart
+under `dmd run`, is tests/test_outage_words.py."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ import time
 
 from stream.connection import connect
 from stream.messages import AsrWords
-from stream.session import Session
+from stream.session import CATCH_UP_GAP_S, Session
 
 
-def wait_with(redis_url: str, rate: float, behind_s: float, writer: bool = True) -> tuple[float | None, float]:
+def wait_with(redis_url: str, rate: float, behind_s: float, writer: bool = True,
+              first_after_s: float = 0.0) -> tuple[float | None, float]:
     """The watermark reached for t = 10 s and how long the wait took, with a writer that starts
     `behind_s` short of t and moves `rate` seconds of watermark per second of wall clock."""
 
@@ -23,6 +26,7 @@ def wait_with(redis_url: str, rate: float, behind_s: float, writer: bool = True)
 
         async def write() -> None:
             mark = 10.0 - behind_s
+            await asyncio.sleep(first_after_s)  # an ASR's first pass over a backlog takes a while
             while mark < 10.5:
                 await asyncio.sleep(0.1)
                 mark += 0.1 * rate
@@ -54,3 +58,20 @@ def test_an_asr_keeping_pace_behind_is_not_waited_for_past_the_grace(redis_url: 
 def test_a_silent_asr_is_not_waited_for_past_the_grace(redis_url: str) -> None:
     reached, took = wait_with(redis_url, rate=0.0, behind_s=2.0, writer=False)
     assert reached == 8.0 and took < 0.6, (reached, took)
+
+
+def test_an_asr_far_behind_after_an_outage_is_waited_for_while_it_writes(redis_url: str) -> None:
+    # 5 s behind (its steady lag is about 1 s), working the backlog off at only 1.5x, its first entry
+    # 1.5 s after the notice: waited for to the end
+    reached, took = wait_with(redis_url, rate=1.5, behind_s=5.0, first_after_s=1.5)
+    assert reached is not None and reached >= 10.0 and 3.0 < took < 7.0, (reached, took)
+
+
+def test_an_asr_far_behind_that_writes_nothing_is_given_up_after_the_gap(redis_url: str) -> None:
+    reached, took = wait_with(redis_url, rate=0.0, behind_s=6.0, writer=False)
+    assert reached == 4.0 and CATCH_UP_GAP_S - 0.1 < took < CATCH_UP_GAP_S + 0.6, (reached, took)
+
+
+def test_the_wait_for_an_asr_far_behind_is_bounded_by_catch_up_s(redis_url: str) -> None:
+    reached, took = wait_with(redis_url, rate=1.0, behind_s=10.0)  # would take 10 s
+    assert reached is not None and reached < 10.0 and 7.9 < took < 8.6, (reached, took)

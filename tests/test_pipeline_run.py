@@ -171,3 +171,30 @@ def test_an_alsa_device_reading_a_file_serves_as_the_microphone(
     voiced = [e for e in found if e["modalities"]["audio"]["present"]]
     assert voiced and all(e["t_start"] < end for e in voiced), "voice only where the speech was"
     assert not any(e["modalities"]["visual"]["present"] for e in found)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_dmd_run_stops_and_says_so_when_a_stage_fails(redis_server, checkpoint: Path, face_clip: Path,
+                                                     processes: Processes) -> None:
+    # dmd:windows is not a stream: the inference worker cannot make its group, nor the capture add a
+    # notice (WRONGTYPE), a failure that waiting does not mend. The run must say so at once and stop,
+    # not play the clip and wait a minute for estimates that cannot come. (Which stage fails first is
+    # a race: either one stops the run.)
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(redis_server.url)
+    r.flushall()
+    r.set("dmd:windows", b"not a stream")
+    try:
+        run = processes.start("run", "run", "--source", face_clip, "--speed", "1", "--asr", "none", "--json",
+                              "--quiet", env=pipeline_env(checkpoint, redis_server.url))
+        code = run.wait(60)
+    finally:
+        r.delete("dmd:windows")
+        r.close()
+    report = summary_of(run)
+    assert code == 1, run.tail()
+    assert report["failed"] and all(": ResponseError: WRONGTYPE" in f for f in report["failed"]), report
+    assert "stage failed" in run.err() and "Traceback" not in run.err(), run.tail()
+    assert report["seconds"] < 20, report  # not the 60 s wait for the missing estimates

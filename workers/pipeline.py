@@ -59,6 +59,7 @@ class RunSummary:
     seconds: float = 0.0
     missing: list[int] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # stages that ended with an error (the run stops)
 
 
 class _Discard(io.TextIOBase):
@@ -116,23 +117,32 @@ async def run_pipeline(source: Source, settings: PipelineSettings, *, session: s
         worker = inference_worker(redis, settings, predictor, metrics=metrics, words_expected=factory is not None)
         capture = Capture(redis, summary.session, source, settings, metrics=metrics)
         collector = _Collector(redis, summary.session, output, out or sys.stdout)
+        halt = asyncio.Event()  # a signal, or a stage that failed: end the capture
         tasks = [asyncio.create_task(collector.run(), name="dmd-run-watch")]
+        if stop is not None:
+            tasks.append(asyncio.create_task(_forward(stop, halt), name="dmd-run-stop"))
         try:
             await collector.subscribed.wait()
-            tasks.append(asyncio.create_task(worker.run(), name="dmd-run-infer"))
+            tasks.append(_stage(worker.run(), "inference", summary, halt))
             asr_task = None
             if factory is not None:
                 asr = AsrSession(redis, summary.session, factory(), ended_ttl_s=settings.capture.ended_ttl_s)
-                asr_task = asyncio.create_task(asr.run(), name="dmd-run-asr")
+                asr_task = _stage(asr.run(), "ASR", summary, halt)
                 tasks.append(asr_task)
             capture_task = asyncio.create_task(capture.run(asr=asr_name), name="dmd-run-capture")
-            if not await until_done_or_stopped(capture_task, stop or asyncio.Event()):
+            if not await until_done_or_stopped(capture_task, halt):
                 await capture.stop()  # stopped: end the source, then let the capture flush
-            stats = await capture_task
+            try:
+                stats = await capture_task
+            except Exception as exc:  # noqa: BLE001 - said in one line, and the exit status says so
+                summary.failed.append(f"capture: {type(exc).__name__}: {exc}")
+                log.error("the capture stage failed (%s: %s): the run stops", type(exc).__name__, exc)
+                stats = capture.stats
             summary.windows = stats.windows
             summary.capture = {k: v for k, v in vars(stats).items() if k != "extra"} | stats.extra
             # every window notified gets its estimate: wait for them (ASR and inference finish the tail)
-            await collector.wait_for(stats.windows, finish_timeout)
+            if not summary.failed:
+                await collector.wait_for(stats.windows, finish_timeout)
             if asr_task is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     result = await asyncio.wait_for(asyncio.shield(asr_task), 10)
@@ -150,6 +160,28 @@ async def run_pipeline(source: Source, settings: PipelineSettings, *, session: s
                             str(write_html(summary.estimates, stem.with_suffix(".html"), title))]
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def _forward(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
+def _stage(coro: Any, name: str, summary: RunSummary, halt: asyncio.Event) -> asyncio.Task:
+    """A stage of the run as a task: if it ends with an error while the run goes on, that is said at
+    once (not after the wait for the last estimates) and the run stops."""
+    task = asyncio.create_task(coro, name=f"dmd-run-{name.lower()}")
+
+    def ended(task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        summary.failed.append(f"{name}: {type(exc).__name__}: {exc}")
+        log.error("the %s stage failed (%s: %s): the run stops", name, type(exc).__name__, exc)
+        halt.set()
+
+    task.add_done_callback(ended)
+    return task
 
 
 def _finish_summary(summary: RunSummary, collected: list[Estimate], finish_timeout: float) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import shutil
+import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoPermissionError
 
-from stream.connection import CONNECTION_ERRORS, connect, parse_redis_url
+from stream.connection import CONNECTION_ERRORS, RedisURL, connect, parse_redis_url
 
 from .asr.factory import EngineFactory, make_engine_factory
 from .asr.worker import AsrWorker
@@ -42,7 +44,8 @@ DEMO_CLIP = ASSETS / "demo.mp4"
 
 
 class RedisUnreachable(RuntimeError):
-    """The configured Redis does not answer; the message says which and what to do."""
+    """The configured Redis does not answer, or does not take this client (TLS, login, ACL); the
+    message says which and what to do."""
 
 
 # -- Redis -------------------------------------------------------------------------------------------
@@ -103,26 +106,68 @@ async def open_redis(url: str, *, embed: bool = False, ping_timeout_s: float | N
                      ) -> AsyncIterator[aioredis.Redis]:
     """A client for `url`; with no URL and `embed`, for an embedded server started here (and stopped
     on leaving). With `ping_timeout_s`, the server must answer a PING first, else RedisUnreachable:
-    a command fails fast when Redis is not there at its start (outages later are ridden out)."""
+    a command fails fast when Redis is not there at its start (outages later are ridden out), or
+    does not take it (a TLS handshake, login or command refused: `_refusal` says which).
+
+    TLS comes from the URL: `rediss://user:password@host:port/db?ssl_ca_certs=/ca.crt`, and a client
+    certificate with `&ssl_certfile=/client.crt&ssl_keyfile=/client.key` (stream.connection parses
+    them; docs/DEPLOY.md). A certificate file that is not there is named here, before connecting."""
     embedded = None
     if not url:
         if not embed:
             raise RedisUnreachable("no Redis URL: set --redis or REDIS_URL")
         embedded = EmbeddedRedis()
         url = embedded.url
-    redis = connect(url)
+    parsed = parse_redis_url(url)
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if name in parsed.tls and not os.path.isfile(parsed.tls[name]):
+            raise RedisUnreachable(f"Redis {parsed.redacted}: {name}={parsed.tls[name]} is not a file: fix --redis / "
+                                   f"REDIS_URL")
+    redis = connect(parsed)
     try:
         if ping_timeout_s is not None:
             try:
                 await asyncio.wait_for(redis.ping(), ping_timeout_s)
-            except CONNECTION_ERRORS as exc:
-                raise RedisUnreachable(f"Redis {parse_redis_url(url).redacted} does not answer "
-                                       f"({exc or type(exc).__name__}): start it, or fix --redis / REDIS_URL") from None
+            except (*CONNECTION_ERRORS, NoPermissionError) as exc:
+                raise RedisUnreachable(_refusal(parsed, exc)) from None
         yield redis
     finally:
         await redis.aclose()
         if embedded is not None:
             embedded.close()
+
+
+def _refusal(url: RedisURL, exc: BaseException) -> str:
+    """One line for a Redis that did not take a client's first command: what went wrong and what to
+    fix. A refused login or command, a failed TLS handshake and a connection closed at once are told
+    apart from a server that is not there; the password is never shown."""
+    why = f"({exc or type(exc).__name__})"
+    if isinstance(exc, AuthenticationError):
+        return (f"Redis {url.redacted} refused the login {why}: check the user and password in --redis / "
+                f"REDIS_URL")
+    if isinstance(exc, NoPermissionError):
+        return (f"Redis {url.redacted} does not let user {url.username or 'default'} run PING {why}: give the "
+                f"user the ACL rule of docs/DEPLOY.md")
+    if _caused_by(exc, ssl.SSLError) or "[SSL" in str(exc):
+        return (f"Redis {url.redacted}: TLS failed {why}: check ssl_ca_certs (the CA that signed the server's "
+                f"certificate), the host name the certificate is for, and ssl_certfile / ssl_keyfile if the "
+                f"server asks for a client certificate")
+    if _caused_by(exc, ConnectionResetError) or "closed by server" in str(exc):
+        return (f"Redis {url.redacted} closed the connection {why}: a TLS port does that to a redis:// client "
+                f"(use rediss://), and a server that asks for a client certificate to a client without one "
+                f"(ssl_certfile, ssl_keyfile): fix --redis / REDIS_URL")
+    return f"Redis {url.redacted} does not answer {why}: start it, or fix --redis / REDIS_URL"
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `exc` or an error it was raised from or while handling is a `kind`: redis-py raises
+    its ConnectionError while handling the socket's error (an ssl.SSLError, a reset)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def describe_redis(url: str) -> str:

@@ -1,7 +1,9 @@
 """Label files and dataset folders: what clips there are, their transcripts, labels and splits.
 
 Two layouts: MMSA-FET / MOSEI (`video_id, clip_id, text, label, mode`, media at
-`Raw/<video_id>/<clip_id>.<ext>`) and MOSI (`id, text, label, mode`). `select_clips` makes the list
+`Raw/<video_id>/<clip_id>.<ext>`) and MOSI (`id, text, label, mode`). Either may have an `emotion`
+column (one of `dmd_types.EMOTIONS`, or empty); with it, `label` may be empty where a clip has no
+sentiment (an emotion corpus: `dmd convert`), and is then NaN. `select_clips` makes the list
 an extraction runs over (its splits, a limit, word sub-spans of the transcripts).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmd_types import normalise_text
+from dmd_types import emotion_index, normalise_text
 
 SPLIT_OF_MODE = {"train": "train", "valid": "valid", "val": "valid", "dev": "valid", "test": "test"}
 SPLITS = ("train", "valid", "test")
@@ -34,13 +37,14 @@ class ClipSpec:
 
     id: str  # MMSA's sample id: "<video_id>$_$<clip_id>" (MMSA-FET, MOSEI) or the file's `id` (MOSI)
     text: str  # transcript as written in the label file ("" when none)
-    label: float
+    label: float  # sentiment in [-3, 3]; NaN: none (an emotion corpus)
     split: str  # train, valid, test
     video_id: str = ""
     clip_id: str = ""
     media: str | None = None  # media file, None in text-only mode
     words: tuple[str, ...] | None = None  # a sub-span's words (augmentation); None: all of `text`
     source: str = ""  # the label file
+    emotion: int = -1  # index in dmd_types.EMOTIONS; -1: none
 
 
 def read_labels(path: str | Path, media_root: str | Path | None = None) -> list[ClipSpec]:
@@ -62,15 +66,23 @@ def read_labels(path: str | Path, media_root: str | Path | None = None) -> list[
     if missing:
         raise ExtractError(f"{path.name} has columns {columns}, missing {missing}: a label file has "
                            "video_id, clip_id, text, label, mode (MMSA-FET, MOSEI) or id, text, label, mode (MOSI)")
-    specs, bad_modes, bad_labels = [], Counter(), []
+    has_emotion = "emotion" in columns
+    specs, bad_modes, bad_labels, bad_emotions = [], Counter(), [], []
     for i, row in enumerate(rows, start=2):  # line numbers as an editor shows them (header is line 1)
         mode = (row.get("mode") or "").strip().lower()
         split = SPLIT_OF_MODE.get(mode)
         if split is None:
             bad_modes[mode] += 1
             continue
+        emotion = -1
+        if has_emotion and (row.get("emotion") or "").strip():
+            try:
+                emotion = emotion_index(row["emotion"])
+            except ValueError as exc:
+                bad_emotions.append(f"line {i}: {exc}")
+                continue
         try:
-            label = float(row["label"])
+            label = float(row["label"]) if (row.get("label") or "").strip() or emotion < 0 else math.nan
         except (TypeError, ValueError):
             bad_labels.append(f"line {i}: {row.get('label')!r}")
             continue
@@ -82,13 +94,15 @@ def read_labels(path: str | Path, media_root: str | Path | None = None) -> list[
             video_id, _, clip_id = sample_id.rpartition("_")
         media = _find_media(Path(media_root), video_id, clip_id) if media_root is not None else None
         specs.append(ClipSpec(id=sample_id, text=(row.get("text") or "").strip(), label=label, split=split,
-                              video_id=video_id, clip_id=clip_id, media=media, source=str(path)))
+                              video_id=video_id, clip_id=clip_id, media=media, source=str(path), emotion=emotion))
     if bad_modes:
         raise ExtractError(f"{path.name}: mode(s) {dict(bad_modes)} are not train, valid (dev) or test: fix the "
                            "`mode` column")
     if bad_labels:
         raise ExtractError(f"{path.name}: {len(bad_labels)} label(s) are not numbers ({', '.join(bad_labels[:3])}): "
-                           "the `label` column holds the sentiment in [-3, 3]")
+                           "the `label` column holds the sentiment in [-3, 3] (empty only beside an `emotion`)")
+    if bad_emotions:
+        raise ExtractError(f"{path.name}: {len(bad_emotions)} emotion(s) are not known ({'; '.join(bad_emotions[:3])})")
     seen = Counter(s.id for s in specs)
     dupes = [k for k, n in seen.items() if n > 1]
     if dupes:

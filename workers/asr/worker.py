@@ -326,6 +326,7 @@ class AsrWorker:
             result = work.result()
             await delivery.ack()
             self.finished.append(result)
+            del self.finished[:-100]  # the last 100 (stats() shows them): a worker serves sessions for ever
             log.info("session %s: ASR done (%s): watermark %.3f s, %d words in %d entries, %s", sid, result.reason,
                      result.watermark, result.words, result.entries, json.dumps(result.stats))
         except LeaseLost as exc:

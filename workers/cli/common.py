@@ -53,13 +53,36 @@ def settings_from(args: argparse.Namespace) -> PipelineSettings:
     return load_settings(getattr(args, "settings", None), overrides)
 
 
-def run_stoppable(main: Callable[[asyncio.Event], Awaitable[int]], *, grace_s: float = 3.5,
-                  deadline_s: float = 4.3) -> int:
+_signalled = threading.Event()
+
+
+def stopped_by_signal() -> bool:
+    """Whether a command of this process was stopped by SIGINT or SIGTERM (`run_stoppable`)."""
+    return _signalled.is_set()
+
+
+def run_stoppable(main: Callable[[asyncio.Event], Awaitable[int]], *, grace_s: float = 2.5,
+                  deadline_s: float = 3.5) -> int:
     """Run a command's `main(stop)` until it returns. SIGINT or SIGTERM sets `stop` (a graceful end:
     the stages finish what is in flight); a command still running `grace_s` later, or at a second
     signal, is cancelled; and whatever still holds the process `deadline_s` after the first signal (a
-    cleanup stuck on a Redis that is away, a thread in a library) ends with exit status 130. So every
-    command ends within 5 s of a signal; what was in flight stays pending in Redis for another worker."""
+    cleanup stuck on a Redis that is away, a thread in a library, an event loop that is busy) ends
+    with exit status 130. So every command ends within 5 s of a signal, with room for a loaded machine
+    (six commands signalled at once on 2 cores took up to 1.5 s past their deadline to go); what was
+    in flight stays pending in Redis for another worker.
+
+    The signal is caught by a plain `signal.signal` handler, not the event loop's: it starts the
+    hard-exit timer itself, so the deadline holds even when the loop is slow to run its callbacks."""
+    state = {"signals": 0}
+
+    def hard_exit() -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            from .quiet import drain
+
+            drain(timeout=0.3)  # the last log lines, if `dmd` filters fd 2
+        os._exit(130)
 
     async def runner() -> int:
         stop = asyncio.Event()
@@ -67,29 +90,32 @@ def run_stoppable(main: Callable[[asyncio.Event], Awaitable[int]], *, grace_s: f
         loop = asyncio.get_running_loop()
         assert task is not None
 
-        def hard_exit() -> None:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(130)
-
-        def on_signal() -> None:
+        def on_signal() -> None:  # in the event loop
             if stop.is_set():
                 task.cancel()
                 return
             stop.set()
             loop.call_later(grace_s, task.cancel)
-            timer = threading.Timer(deadline_s, hard_exit)
-            timer.daemon = True
-            timer.start()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, on_signal)
+        def handler(signum: int, frame: object) -> None:  # in the main thread, between two bytecodes
+            state["signals"] += 1
+            _signalled.set()
+            if state["signals"] == 1:
+                timer = threading.Timer(deadline_s, hard_exit)
+                timer.daemon = True
+                timer.start()
+            loop.call_soon_threadsafe(on_signal)
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # (a test may run a command in a thread)
+            previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return await main(stop)
         except asyncio.CancelledError:
             log.warning("stopped before the end: what was in flight stays pending in Redis for another worker")
             return 130
+        finally:
+            for sig, was in previous.items():
+                signal.signal(sig, was)
 
     return asyncio.run(runner())

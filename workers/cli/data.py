@@ -1,4 +1,8 @@
-"""`dmd extract` and `dmd release`: the dataset-extraction and checkpoint-shipping commands.
+"""`dmd convert`, `dmd extract` and `dmd release`: the dataset and checkpoint-shipping commands.
+
+    dmd convert ravdess ../shared/data/emotion_speech/ravdess --out data/ravdess   # -> label.csv + Raw/
+    dmd convert emodb ../shared/data/emotion_speech/emodb --out data/emodb
+    dmd convert meld ../shared/data/labels/meld --out data/meld                    # transcripts only
 
     dmd extract DATASET_DIR -o live.pkl [--workers 2]        # MMSA-FET folder: label.csv + Raw/
     dmd extract --text-only mosi_label.csv -o mosi_text.pkl  # transcripts only (MOSI or MOSEI layout)
@@ -97,6 +101,30 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0 if report.total else 1
 
 
+# -- convert ------------------------------------------------------------------------------------------
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", choices=("ravdess", "emodb", "meld"), help="the corpus's naming to read")
+    parser.add_argument("source", help="the folder holding the corpus's files (any depth)")
+    parser.add_argument("--out", required=True, help="the dataset folder to write (label.csv, Raw/)")
+    parser.add_argument("--copy", action="store_true", help="copy the media instead of linking to it")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """A corpus's own naming -> the MMSA-FET layout `dmd extract` reads (dmd_model.datasets.corpora)."""
+    from collections import Counter
+
+    from dmd_model.datasets.corpora import corpus_clips, write_corpus
+
+    clips = corpus_clips(args.corpus, args.source)
+    path = write_corpus(clips, args.out, copy=args.copy)
+    print_json({"label_file": str(path), "clips": len(clips), "with_media": sum(c.media is not None for c in clips),
+                "splits": dict(Counter(c.mode for c in clips)),
+                "emotions": dict(Counter(c.emotion for c in clips)),
+                "speakers": {mode: sorted({c.speaker for c in clips if c.mode == mode})
+                             for mode in ("train", "valid", "test")} if args.corpus != "meld" else None})
+    return 0
+
+
 # -- release ------------------------------------------------------------------------------------------
 def add_release_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a trained checkpoint (e.g. runs/NAME/seed_N/best.pt)")
@@ -146,7 +174,11 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `dmd extract` and `dmd release` to the `dmd` parser."""
+    """Add `dmd convert`, `dmd extract` and `dmd release` to the `dmd` parser."""
+    p = sub.add_parser("convert", help="an emotion corpus (RAVDESS, EmoDB, MELD) -> the MMSA-FET layout of "
+                       "`dmd extract`, split by speaker")
+    add_convert_arguments(p)
+    p.set_defaults(func=cmd_convert)
     p = sub.add_parser("extract", help="a dataset folder (MMSA-FET layout) or label files -> an MMSA-format "
                        "pickle in the live feature profile")
     add_extract_arguments(p)

@@ -59,9 +59,10 @@ async def _run(args: argparse.Namespace, source_spec: str, timeline: str | None,
                                  output=output, timeline=timeline, stop=stop)
     report = {"session": summary.session, "windows": summary.windows, "estimates": len(summary.estimates),
               "missing": summary.missing, "seconds": round(summary.seconds, 1), "capture": summary.capture,
-              "asr": {k: v for k, v in summary.asr.items() if k != "words"}, "timeline": summary.timeline}
+              "asr": {k: v for k, v in summary.asr.items() if k != "words"}, "timeline": summary.timeline,
+              "failed": summary.failed}
     print(json.dumps(report, default=str), file=sys.stderr if args.json else sys.stdout)
-    return 0 if not summary.missing else 1
+    return 0 if not summary.missing and not summary.failed else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:

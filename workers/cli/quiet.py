@@ -16,6 +16,7 @@ import threading
 
 NOISE_PREFIXES = (b"W0000 ", b"I0000 ", b"INFO: Created TensorFlow Lite", b"WARNING: Logging before InitGoogle")
 _installed = False
+_restore = None
 
 
 def is_noise(line: bytes) -> bool:
@@ -73,8 +74,22 @@ def quiet_native_logs() -> None:
     thread = threading.Thread(target=pump, name="dmd-stderr-filter", daemon=True)
     thread.start()
 
-    def restore() -> None:
-        os.dup2(real, 2)  # the pipe's last writer is gone: the pump reads what is left, then ends
-        thread.join(timeout=2)
+    done = threading.Event()
 
+    def restore(timeout: float = 2.0) -> None:
+        if done.is_set():
+            return
+        done.set()
+        os.dup2(real, 2)  # the pipe's last writer is gone: the pump reads what is left, then ends
+        thread.join(timeout=timeout)
+
+    global _restore
+    _restore = restore
     atexit.register(restore)
+
+
+def drain(timeout: float = 2.0) -> None:
+    """Pass on what the filter still holds and give fd 2 back: for a process that leaves with
+    `os._exit`, which runs no atexit handler (the last log lines would be lost in the pipe)."""
+    if _restore is not None:
+        _restore(timeout)
