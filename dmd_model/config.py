@@ -103,6 +103,10 @@ class ModelConfig:
     hetero_gd: GraphDistillConfig = field(
         default_factory=lambda: GraphDistillConfig(gd_size=32, prior=(0, 0, 1, 0, 1, 1), repr_loss="cosine")
     )
+    # Emotion logits beside the sentiment in every head (0: none, the official single-task model;
+    # 7: dmd_types.EMOTIONS). Each head's emotion layer reads the same residual output as its
+    # sentiment layer; the GD-Units then see [sentiment, emotions] as each modality's logits.
+    emotion_classes: int = 0
 
     def projects(self, modality: str) -> bool:
         """Whether a modality goes through the temporal convolution: the official model skips it
@@ -141,6 +145,9 @@ class ModelConfig:
             raise ConfigError(f"model.attn_dropout = {list(self.attn_dropout)}: each must be in [0, 1)")
         if self.layers < 1 or self.memory_layers < 1:
             raise ConfigError("model.layers and model.memory_layers must be at least 1")
+        if self.emotion_classes < 0 or self.emotion_classes == 1:
+            raise ConfigError(f"model.emotion_classes = {self.emotion_classes}: use 0 (sentiment only) or the "
+                              "number of emotions (7 for the project's seven, 4 for IEMOCAP's)")
         self.homo_gd.validate("model.homo_gd")
         self.hetero_gd.validate("model.hetero_gd")
 

@@ -660,3 +660,35 @@ def test_attention_dropout_scales_kept_weights_by_the_inverse_keep_rate():
     values = set(out.flatten().tolist())
     assert values == {0.0, 6.0}
     assert out.mean().item() == pytest.approx(3.0, rel=0.1)
+
+
+# -- the emotion task ---------------------------------------------------------------------------
+def test_emotion_heads_give_e_logits_beside_every_sentiment_output_and_feed_the_gd_units() -> None:
+    cfg = dataclasses.replace(ALIGNED, emotion_classes=7)
+    model = make_model(cfg).eval()
+    out = model(*make_inputs(cfg, 3), distill=True)
+    for key, shape in expected_shapes(cfg, 3).items():
+        assert tuple(out[key].shape) == shape, key
+    emotion_keys = {f"emotion_{k}_{b}" for k in "lav" for b in ("homo", "hetero")} | {"emotion_c", "emotion_logit"}
+    assert {k for k in out if k.startswith("emotion")} == emotion_keys
+    assert all(tuple(out[k].shape) == (3, 7) for k in emotion_keys)
+    logits, _ = model.gd_inputs(out, "hetero")
+    assert tuple(logits.shape) == (3, 3, 8)  # [sentiment, 7 emotions] per modality
+    assert torch.allclose(out["edges_homo"].sum(0), torch.ones(3))
+
+
+def test_without_emotion_classes_the_model_is_the_single_task_one_parameter_for_parameter() -> None:
+    single, multi = make_model(ALIGNED), make_model(dataclasses.replace(ALIGNED, emotion_classes=7))
+    extra = set(multi.state_dict()) - set(single.state_dict())
+    assert extra and all(".emotion." in k for k in extra), extra
+    assert {k: v.shape for k, v in single.state_dict().items()} == {
+        k: v.shape for k, v in multi.state_dict().items() if k not in extra and "_gd.W_logit" not in k
+        } | {k: v.shape for k, v in single.state_dict().items() if "_gd.W_logit" in k}
+    assert not any(k.startswith("emotion") for k in single.eval()(*make_inputs(ALIGNED, 2), distill=True))
+
+
+def test_emotion_classes_of_one_is_refused_with_the_values_that_make_sense() -> None:
+    from dmd_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.emotion_classes = 1: use 0 \(sentiment only\)"):
+        dataclasses.replace(ALIGNED, emotion_classes=1).validate()

@@ -10,6 +10,11 @@
          per-modality heterogeneous heads                            (logits_*_hetero, repr_*_hetero)
       -> gated fusion of both branches                               (output_logit)
 
+With `model.emotion_classes` = E > 0 every head also gives E emotion logits from the same residual
+output (`emotion_{l,a,v}_homo`, `emotion_{l,a,v}_hetero`, `emotion_c`, `emotion_logit`), and the GD-Units
+read [sentiment, emotions] as each modality's logits. With E = 0 (the official setting) the model,
+its parameters and its outputs are exactly the single-task ones.
+
 The forward pass returns a dict with the official output names and shapes (see `OUTPUT_SHAPES`), so
 code written against the official `dmd.py` reads ours unchanged; with `distill=True` it also returns
 the two GD-Units' edges.
@@ -43,14 +48,16 @@ class ResidualHead(nn.Module):
     """x -> proj2(dropout(relu(proj1(x)))) + x -> out: the official prediction head.
 
     `proj1` may narrow (the homogeneous heads squeeze d*L features to d) and `proj2` widens back.
-    Returns (logit, hidden, residual output).
+    Returns (logit, hidden, residual output). With `emotions` > 0, `emotion(h)` maps the residual
+    output to that many emotion logits (a second task on the same features).
     """
 
-    def __init__(self, dim: int, hidden: int, dropout: float, out_dim: int = 1) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, out_dim: int = 1, emotions: int = 0) -> None:
         super().__init__()
         self.proj1 = nn.Linear(dim, hidden)
         self.proj2 = nn.Linear(hidden, dim)
         self.out = nn.Linear(dim, out_dim)
+        self.emotion = nn.Linear(dim, emotions) if emotions else None
         self.dropout = dropout
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,8 +123,9 @@ class DMD(nn.Module):
         self.align_shared = nn.ModuleDict({m: nn.Linear(d * lens[m], d) for m in MODALITIES})  # align_c_*
 
         # 3. homogeneous branch: heads on the flattened irrelevant features, self-attention, fusion
+        E = cfg.emotion_classes
         self.homo_head = nn.ModuleDict(
-            {m: ResidualHead(d * lens[m], d, cfg.output_dropout) for m in MODALITIES})  # *_low
+            {m: ResidualHead(d * lens[m], d, cfg.output_dropout, emotions=E) for m in MODALITIES})  # *_low
         # 4. transformers: six crossmodal + three self-attention (d wide), three memory (2d wide)
         p_text = cfg.attn_dropout[0]
         p_attn = dict(zip(MODALITIES, cfg.attn_dropout))
@@ -132,16 +140,17 @@ class DMD(nn.Module):
             attn_dropout=[p_text] * len(MEMORY), relu_dropout=cfg.relu_dropout, res_dropout=cfg.res_dropout,
             embed_dropout=cfg.embed_dropout, causal=cfg.attn_mask,
         )
-        self.shared_head = ResidualHead(3 * d, 3 * d, cfg.output_dropout)  # proj1_c, proj2_c, out_layer_c
+        self.shared_head = ResidualHead(3 * d, 3 * d, cfg.output_dropout, emotions=E)  # proj1_c, proj2_c, out_layer_c
         # 5. heterogeneous heads (official *_high)
-        self.hetero_head = nn.ModuleDict({m: ResidualHead(2 * d, 2 * d, cfg.output_dropout) for m in MODALITIES})
+        self.hetero_head = nn.ModuleDict(
+            {m: ResidualHead(2 * d, 2 * d, cfg.output_dropout, emotions=E) for m in MODALITIES})
         # 6. gated fusion (official weight_l, weight_v, weight_a, weight_c, proj1, proj2, out_layer)
         self.gate = nn.ModuleDict({m: nn.Linear(2 * d, 2 * d) for m in MODALITIES})
         self.gate_shared = nn.Linear(3 * d, 3 * d)
-        self.fusion_head = ResidualHead(9 * d, 9 * d, cfg.output_dropout)
+        self.fusion_head = ResidualHead(9 * d, 9 * d, cfg.output_dropout, emotions=E)
         # 7. graph distillation units
-        self.homo_gd = GraphDistillation(cfg.homo_gd, logit_dim=1, repr_dim=d)
-        self.hetero_gd = GraphDistillation(cfg.hetero_gd, logit_dim=1, repr_dim=2 * d)
+        self.homo_gd = GraphDistillation(cfg.homo_gd, logit_dim=1 + E, repr_dim=d)
+        self.hetero_gd = GraphDistillation(cfg.hetero_gd, logit_dim=1 + E, repr_dim=2 * d)
 
     # ------------------------------------------------------------------------------------
     def check_inputs(self, text: Tensor, audio: Tensor, visual: Tensor) -> None:
@@ -205,7 +214,7 @@ class DMD(nn.Module):
         cross = dict(zip(CROSSMODAL, outs[: len(CROSSMODAL)]))
         c_att = dict(zip(SELF_ATTENTION, outs[len(CROSSMODAL):]))
         c_fusion = torch.cat([c_att[m][:, -1] for m in ("text", "visual", "audio")], dim=1)
-        logits_c, _, _ = self.shared_head(c_fusion)
+        logits_c, _, h_c = self.shared_head(c_fusion)
 
         mem_in = [torch.cat([cross[(t, src)] for tt, src in CROSSMODAL if tt == t], dim=-1) for t in MEMORY]
         mem_out = self.memory(mem_in, [None] * len(MEMORY), last_only=True)
@@ -215,7 +224,7 @@ class DMD(nn.Module):
         # 5. gated fusion
         gates = [torch.sigmoid(self.gate[m](last_h[m])) for m in ("text", "visual", "audio")]
         fused = torch.cat([*gates, torch.sigmoid(self.gate_shared(c_fusion))], dim=1)
-        output, _, _ = self.fusion_head(fused)
+        output, _, h_out = self.fusion_head(fused)
 
         res: dict[str, Tensor] = {}
         for m in MODALITIES:
@@ -237,6 +246,13 @@ class DMD(nn.Module):
             res[f"last_h_{k}"] = last_h[m]
         res["logits_c"] = logits_c
         res["output_logit"] = output
+        if self.cfg.emotion_classes:
+            for m in MODALITIES:
+                k = SHORT[m]
+                res[f"emotion_{k}_homo"] = self.homo_head[m].emotion(homo[m][2])
+                res[f"emotion_{k}_hetero"] = self.hetero_head[m].emotion(hetero[m][2])
+            res["emotion_c"] = self.shared_head.emotion(h_c)
+            res["emotion_logit"] = self.fusion_head.emotion(h_out)
         if distill:
             res.update(self.graph_edges(res))
         return res
@@ -244,9 +260,14 @@ class DMD(nn.Module):
     # ------------------------------------------------------------------------------------
     @staticmethod
     def gd_inputs(out: dict[str, Tensor], branch: str) -> tuple[Tensor, Tensor]:
-        """Stack logits and representations of a branch ("homo" or "hetero") in GD order."""
+        """Stack logits and representations of a branch ("homo" or "hetero") in GD order; with
+        emotion heads a modality's logits are [sentiment, emotions]."""
         keys = [SHORT[m] for m in GD_ORDER]
-        logits = torch.stack([out[f"logits_{k}_{branch}"] for k in keys])
+        if f"emotion_{keys[0]}_{branch}" in out:
+            logits = torch.stack([torch.cat([out[f"logits_{k}_{branch}"], out[f"emotion_{k}_{branch}"]], -1)
+                                  for k in keys])
+        else:
+            logits = torch.stack([out[f"logits_{k}_{branch}"] for k in keys])
         reprs = torch.stack([out[f"repr_{k}_{branch}"] for k in keys])
         return logits, reprs
 
