@@ -165,6 +165,9 @@ class LossConfig:
     # authors' version) computed the official 3-D CosineEmbeddingLoss call, cosine along dim 1, the
     # batch axis. "feature": one cosine per time step and sample, along the features.
     orthogonality_axis: str = "batch"
+    # With model.emotion_classes > 0 (training/multitask.py): the weight of the emotion terms
+    # (cross-entropy of the fused output and every head) beside the sentiment ones.
+    emotion_weight: float = 1.0
 
     def validate(self) -> None:
         if self.orthogonality_axis not in ("batch", "feature"):

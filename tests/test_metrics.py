@@ -163,3 +163,18 @@ def test_format_metrics_is_one_line_in_order():
     assert "\n" not in line
     assert line.startswith("Has0_acc_2: ")
     assert line.index("Mult_acc_7") < line.index("MAE") < line.index("Corr")
+
+
+def test_emotion_metrics_count_only_samples_with_an_emotion_and_average_recall_over_present_classes() -> None:
+    from dmd_model.training.metrics import emotion_metrics
+
+    logits = np.eye(4)[[0, 0, 1, 2, 2, 2, 3]]  # predictions 0 0 1 2 2 2 3
+    true = np.array([0, 1, 1, 2, 2, -1, -1])     # the last two have no emotion
+    m = emotion_metrics(logits, true, classes=4)
+    assert m["n"] == 5 and m["accuracy"] == 0.8
+    assert m["uar"] == round((1.0 + 0.5 + 1.0) / 3, 4)  # class 3 is not in the truth: not averaged
+    assert m["confusion"] == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]]
+    from sklearn.metrics import f1_score
+
+    assert m["weighted_f1"] == round(f1_score([0, 1, 1, 2, 2], [0, 0, 1, 2, 2], average="weighted"), 4)
+    assert emotion_metrics(logits, -np.ones(7, int), classes=4)["uar"] is None

@@ -240,3 +240,24 @@ def test_bert_text_encoder_is_fine_tuned_and_its_checkpoint_loads_offline(tmp_pa
         a = model.eval()(x["text"], x["audio"], x["vision"])["output_logit"]
         b = rebuilt(x["text"], x["audio"], x["vision"])["output_logit"]
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_two_task_model_trains_on_mixed_labels_and_modalities_and_reports_both_tasks(tmp_path, small_cfg):
+    m = small_cfg.model
+    path = write_synthetic_mmsa(tmp_path / "mixed.pkl", n_train=48, n_valid=16, n_test=24, seq_lens=m.seq_lens,
+                                feature_dims=m.feature_dims, seed=5, emotions=True)
+    splits = load_mmsa(path, feature_dims=m.feature_dims, seq_lens=m.seq_lens)
+    assert splits["train"].emotions is not None and splits["train"].present is not None
+    labels, emotions = splits["train"].labels, splits["train"].emotions
+    assert any(map(math.isnan, labels)) and (emotions < 0).any() and not splits["train"].present[:, 2].all()
+    cfg = DMDConfig.from_dict({**SMALL, "model": {**SMALL["model"], "emotion_classes": 7}})
+    summary = train(cfg, splits, out_dir=tmp_path / "run", progress=False)
+    run = summary.runs[0]
+    emotion = run.test["emotion"]
+    assert emotion["n"] == int((splits["test"].emotions >= 0).sum())
+    assert len(emotion["confusion"]) == 7 and sum(map(sum, emotion["confusion"])) == emotion["n"]
+    assert 0.0 <= emotion["uar"] <= 1.0 and "Non0_acc_2" in run.test
+    assert all(math.isfinite(r["train_loss"]) for r in run.history)
+    assert "emotion_uar" in summary.table
+    model = load_checkpoint(run.checkpoint).build_model("cpu")
+    assert model.cfg.emotion_classes == 7

@@ -50,6 +50,11 @@ class MMSASplit:
     raw_text: list[str]
     audio_lengths: np.ndarray | None = None
     vision_lengths: np.ndarray | None = None
+    # Written by `dmd extract` for emotion corpora and mixed data (the official files have neither):
+    # `emotions` (N,) int64, an index into dmd_types.EMOTIONS or -1 where a sample has none (its
+    # `labels` entry may then be NaN: no sentiment); `present` (N, 3) bool, text, audio, visual.
+    emotions: np.ndarray | None = None
+    present: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -188,8 +193,17 @@ def _check_split(
     _check_config(where, text_key, text, audio, vision, use_bert, feature_dims, seq_lens)
 
     audio[audio == -np.inf] = 0  # official MMSA behaviour: silent frames carry -inf log energies
-    for key, arr in ((text_key, text), ("audio", audio), ("vision", vision), ("regression_labels", labels)):
+    emotions = _emotions(entry.get("emotion_labels"), where, n)
+    for key, arr in ((text_key, text), ("audio", audio), ("vision", vision)):
         _check_finite(where, key, arr)
+    # a sample may lack a sentiment (NaN) only where it has an emotion
+    _check_finite(where, "regression_labels", labels if emotions is None else labels[emotions < 0])
+    present = None
+    if entry.get("present") is not None:
+        present = np.asarray(entry["present"]).astype(bool)
+        if present.shape != (n, 3):
+            raise DataError(f"{where} key 'present' has shape {present.shape}, expected ({n}, 3): one flag per "
+                            "sample for text, audio, visual; re-extract the file")
 
     lengths = {}
     for key, arr in (("audio_lengths", audio), ("vision_lengths", vision)):
@@ -201,7 +215,25 @@ def _check_split(
         ids=_strings(entry.get("id"), where, "id", n, lambda i: f"{split}_{i:05d}"),
         raw_text=_strings(entry.get("raw_text"), where, "raw_text", n, lambda i: ""),
         audio_lengths=lengths.get("audio_lengths"), vision_lengths=lengths.get("vision_lengths"),
+        emotions=emotions, present=present,
     )
+
+
+def _emotions(value: Any, where: str, n: int) -> np.ndarray | None:
+    """`emotion_labels`: (N,) integers in [-1, 7) (-1: none), or None when the file has none."""
+    if value is None:
+        return None
+    from dmd_types import EMOTIONS
+
+    arr = np.asarray(value)
+    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{where} key 'emotion_labels' has shape {arr.shape} and type {arr.dtype}, expected ({n},) "
+                        "integers: one emotion index (or -1) per sample")
+    bad = np.flatnonzero((arr < -1) | (arr >= len(EMOTIONS)))
+    if bad.size:
+        raise DataError(f"{where} key 'emotion_labels' has values outside -1..{len(EMOTIONS) - 1} at indices "
+                        f"{bad[:5].tolist()}: an emotion is an index into {', '.join(EMOTIONS)}, -1 for none")
+    return arr.astype(np.int64)
 
 
 def _float_array(value: Any, where: str, key: str) -> np.ndarray:
@@ -285,8 +317,11 @@ def _strings(value: Any, where: str, key: str, n: int, default) -> list[str]:
 class MMSADataset(Dataset):
     """A split as a PyTorch dataset, items as the official `MMDataset` gives them (without raw text).
 
-    An item is `{"text", "audio", "vision", "label", "index"}`: float32 tensors, `label` of shape
-    (1,) and the sample's `index` in the split (its id is `split.ids[index]`). Unaligned splits add
+    An item is `{"text", "audio", "vision", "label", "emotion", "present", "index"}`: float32
+    tensors, `label` of shape (1,) (NaN: no sentiment), `emotion` an int64 index into
+    dmd_types.EMOTIONS (-1: none; always -1 for the official files), `present` the (3,) modality
+    flags (all true where the file has none) and the sample's `index` in the split (its id is
+    `split.ids[index]`). Unaligned splits add
     `audio_lengths` and `vision_lengths` (int64 scalars), as the official loader does.
     """
 
@@ -299,6 +334,11 @@ class MMSADataset(Dataset):
         self._labels = torch.from_numpy(np.ascontiguousarray(split.labels.reshape(-1, 1)))
         self._audio_lengths = _tensor_or_none(split.audio_lengths)
         self._vision_lengths = _tensor_or_none(split.vision_lengths)
+        n = len(split)
+        emotions = split.emotions if split.emotions is not None else np.full(n, -1, np.int64)
+        present = split.present if split.present is not None else np.ones((n, 3), bool)
+        self._emotions = torch.from_numpy(np.ascontiguousarray(emotions))
+        self._present = torch.from_numpy(np.ascontiguousarray(present))
 
     def __len__(self) -> int:
         return len(self.split)
@@ -309,6 +349,8 @@ class MMSADataset(Dataset):
             "audio": self._audio[index],
             "vision": self._vision[index],
             "label": self._labels[index],
+            "emotion": self._emotions[index],
+            "present": self._present[index],
             "index": index,
         }
         if self._audio_lengths is not None:
@@ -355,6 +397,7 @@ def describe(splits: dict[str, MMSASplit]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, split in splits.items():
         labels = split.labels.astype(np.float64)
+        labels = labels[~np.isnan(labels)]  # samples without a sentiment (emotion corpora)
         out[name] = {
             "n": len(split),
             "text": list(split.text.shape),
@@ -365,4 +408,10 @@ def describe(splits: dict[str, MMSASplit]) -> dict[str, Any]:
             # unaligned pickles carry per-sample lengths, aligned ones do not
             "has_lengths": split.audio_lengths is not None or split.vision_lengths is not None,
         }
+        if split.emotions is not None:
+            from dmd_types import EMOTIONS
+
+            counts = np.bincount(split.emotions[split.emotions >= 0], minlength=len(EMOTIONS))
+            out[name]["emotions"] = dict(zip(EMOTIONS, counts.tolist()))
+            out[name]["with_sentiment"] = int(labels.size)
     return out

@@ -108,3 +108,24 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 def format_metrics(metrics: dict[str, float]) -> str:
     """One line for logs: `Has0_acc_2: 0.8123  Has0_F1_score: 0.8120  ...`, in the given order."""
     return "  ".join(f"{k}: {v:.4f}" for k, v in metrics.items())
+
+
+def emotion_metrics(logits: np.ndarray, true: np.ndarray, classes: int) -> dict[str, object]:
+    """The emotion task on the samples that have an emotion (`true` >= 0): `accuracy`, `uar` (the
+    mean recall over the classes present in `true`: unweighted average recall, the usual figure for
+    speech emotion, fair to rare classes), `weighted_f1` (as scikit-learn's) and `confusion`
+    (rows true, columns predicted, `classes` x `classes`, class order of dmd_types.EMOTIONS), `n`.
+    Values rounded to 4 decimals; None (and an empty confusion) when no sample has an emotion."""
+    true = np.asarray(true).reshape(-1)
+    keep = true >= 0
+    pred = np.asarray(logits).reshape(len(true), -1)[keep].argmax(1)
+    true = true[keep]
+    confusion = np.zeros((classes, classes), np.int64)
+    np.add.at(confusion, (true, pred), 1)
+    if not true.size:
+        return {"n": 0, "accuracy": None, "uar": None, "weighted_f1": None, "confusion": confusion.tolist()}
+    support = confusion.sum(1)
+    recalls = np.diag(confusion)[support > 0] / support[support > 0]
+    return {"n": int(true.size), "accuracy": round(float((pred == true).mean()), 4),
+            "uar": round(float(recalls.mean()), 4), "weighted_f1": round(weighted_f1(true, pred), 4),
+            "confusion": confusion.tolist()}

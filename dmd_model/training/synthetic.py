@@ -74,6 +74,7 @@ def write_synthetic_mmsa(
     seed: int = 0,
     with_bert: bool = False,
     vocab_size: int = 100,
+    emotions: bool = False,
 ) -> Path:
     """Write a synthetic MMSA pickle to `path` (parents created) and return the path.
 
@@ -83,6 +84,11 @@ def write_synthetic_mmsa(
     and `vision_lengths` (like `unaligned_50.pkl`). Each sequence has at least 8 real steps (all of
     them if shorter). `with_bert` adds `text_bert` (N, 3, Lt): token ids in [1, vocab_size) with 0
     on padding, attention mask, segment ids 0.
+
+    `emotions` makes mixed data as `dmd extract` writes it for emotion corpora: `emotion_labels`
+    (the sentiment's seventh of [-3, 3], so the same signal carries both tasks) and `present`; in
+    every split a third of the samples keep only their emotion (sentiment NaN), a sixth only their
+    sentiment (emotion -1), and a quarter have no visual input (zeros, flag false).
     """
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     for name, n in sizes.items():
@@ -123,6 +129,15 @@ def write_synthetic_mmsa(
             "vision": vision,
             "regression_labels": s,
         }
+        if emotions:
+            emotion = np.clip(np.floor((s + 3.0) / 6.0 * 7), 0, 6).astype(np.int64)
+            kind = rng.random(n)
+            entry["regression_labels"] = np.where(kind < 1 / 3, np.nan, s).astype(np.float32)
+            entry["emotion_labels"] = np.where((kind >= 1 / 3) & (kind < 0.5), -1, emotion)
+            present = np.ones((n, 3), bool)
+            present[:, 2] = rng.random(n) >= 0.25
+            vision[~present[:, 2]] = 0.0
+            entry["present"] = present
         if with_bert:
             entry["text_bert"] = _token_ids(rng, s, lengths[0], seq_lens[0], vocab_size)
         if not aligned:

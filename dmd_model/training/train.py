@@ -45,7 +45,8 @@ from ..config import DMDConfig
 from ..network.dmd import DMD
 from .data import MMSASplit, describe, make_loaders
 from .losses import dmd_loss
-from .metrics import METRIC_KEYS, format_metrics, regression_metrics
+from .metrics import METRIC_KEYS, emotion_metrics, format_metrics, regression_metrics
+from .multitask import Targets, multitask_loss
 
 log = logging.getLogger("dmd.train")
 
@@ -83,6 +84,19 @@ def _autocast(device: torch.device, precision: str):
 def _batch_to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
     return (batch["text"].to(device, non_blocking=True), batch["audio"].to(device, non_blocking=True),
             batch["vision"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True).view(-1, 1))
+
+
+def _targets_to(batch: dict[str, Any], label: torch.Tensor, device: torch.device) -> Targets:
+    return Targets(sentiment=label.view(-1), emotion=batch["emotion"].to(device, non_blocking=True),
+                   present=batch["present"].to(device, non_blocking=True))
+
+
+def _sentiment_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
+    """MMSA's metrics over the samples that have a sentiment (all of them in the official files)."""
+    keep = ~np.isnan(true)
+    if not keep.any():
+        return {}
+    return regression_metrics(pred[keep], true[keep])
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -124,20 +138,38 @@ class Trainer:
         """MMSA metrics of the fused output, the validation "Loss" (official definition), and the
         predictions in dataset order."""
         model.eval()
-        preds, labels, batch_losses = [], [], []
+        multitask = model.cfg.emotion_classes > 0
+        preds, labels, batch_losses, emotion_logits, emotions = [], [], [], [], []
         for batch in _progress(loader, len(loader), desc, self.progress):
             text, audio, visual, label = _batch_to(batch, self.device)
             with _autocast(self.device, self.cfg.train.precision):
                 out = model(text, audio, visual)
             pred = out["output_logit"].float()
-            batch_losses.append(float(torch.nn.functional.l1_loss(pred, label)))
+            if multitask:
+                # the selection loss of the two tasks: L1 of the sentiment where there is one, plus
+                # cross-entropy of the emotion where there is one (each a mean over its samples)
+                emotion = batch["emotion"].to(self.device)
+                logits = out["emotion_logit"].float()
+                has = ~torch.isnan(label.view(-1))
+                loss = (pred.view(-1)[has] - label.view(-1)[has]).abs().mean() if bool(has.any()) else pred.sum() * 0
+                if bool((emotion >= 0).any()):
+                    loss = loss + torch.nn.functional.cross_entropy(logits[emotion >= 0], emotion[emotion >= 0])
+                batch_losses.append(float(loss))
+                emotion_logits.append(logits.cpu())
+                emotions.append(emotion.cpu())
+            else:
+                batch_losses.append(float(torch.nn.functional.l1_loss(pred, label)))
             preds.append(pred.cpu())
             labels.append(label.cpu())
         pred = torch.cat(preds).view(-1).numpy()
         true = torch.cat(labels).view(-1).numpy()
         if not np.isfinite(pred).all():
             raise FloatingPointError(f"{int((~np.isfinite(pred)).sum())} non-finite predictions: training diverged")
-        metrics: dict[str, Any] = regression_metrics(pred, true)
+        metrics: dict[str, Any] = regression_metrics(pred, true) if not multitask else _sentiment_metrics(pred, true)
+        if multitask:
+            metrics["emotion"] = emotion_metrics(torch.cat(emotion_logits).numpy(), torch.cat(emotions).numpy(),
+                                                 model.cfg.emotion_classes)
+            metrics["emotion_logits"] = torch.cat(emotion_logits).numpy()
         metrics["Loss"] = round(sum(batch_losses) / max(len(batch_losses), 1), 4)
         metrics["predictions"] = pred
         return metrics
@@ -160,7 +192,11 @@ class Trainer:
             text, audio, visual, label = _batch_to(batch, self.device)
             with _autocast(self.device, cfg.train.precision):
                 out = model(text, audio, visual, distill=True)
-                terms = dmd_loss(model, out, label, cfg.loss)
+                if cfg.model.emotion_classes:
+                    terms = multitask_loss(model, out, _targets_to(batch, label, self.device), cfg.loss,
+                                           cfg.loss.emotion_weight)
+                else:
+                    terms = dmd_loss(model, out, label, cfg.loss)
             loss = terms["total"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -185,7 +221,7 @@ class Trainer:
         true = torch.cat(labels).view(-1).numpy()
         record = {"loss": total / max(n_batches, 1)}
         record.update({f"loss_{k}": v / max(n_batches, 1) for k, v in terms_sum.items() if k != "total"})
-        record.update(regression_metrics(pred, true))
+        record.update(_sentiment_metrics(pred, true))
         return record
 
     def fit(self, model: DMD, loaders: dict[str, DataLoader], *, seed: int, out_dir: Path | None = None,
@@ -212,8 +248,7 @@ class Trainer:
             epoch += 1
             t0 = time.time()
             train_record = self._train_epoch(model, loaders["train"], optimizer, epoch)
-            valid = self.evaluate(model, loaders["valid"], desc="valid")
-            valid.pop("predictions")
+            valid = _flat(self.evaluate(model, loaders["valid"], desc="valid"))
             scheduler.step(valid["Loss"])
             improved = valid["Loss"] <= best_loss - 1e-6
             if improved:
@@ -231,8 +266,9 @@ class Trainer:
             if history_path is not None:
                 with history_path.open("a") as f:
                     f.write(json.dumps(_jsonable(record)) + "\n")
+            shown = {k: valid[k] for k in ("Loss", *METRIC_KEYS, *_EMOTION_KEYS) if valid.get(k) is not None}
             log.info("seed %d epoch %d train loss %.4f | valid %s%s", seed, epoch, train_record["loss"],
-                     format_metrics({k: valid[k] for k in ("Loss", *METRIC_KEYS)}), " *" if improved else "")
+                     format_metrics(shown), " *" if improved else "")
             if self.on_epoch is not None:
                 self.on_epoch(record)
             if epoch - best_epoch >= cfg.train.early_stop:
@@ -243,6 +279,7 @@ class Trainer:
         if "test" in loaders:
             test = self.evaluate(model, loaders["test"], desc="test")
             test.pop("predictions")
+            test.pop("emotion_logits", None)
         checkpoint = None
         if out_dir is not None:
             _write_history_csv(out_dir / "history.csv", history)
@@ -258,6 +295,19 @@ class Trainer:
             )
         return RunResult(seed=seed, best_epoch=best_epoch, epochs=epoch, valid=best_valid, test=test,
                          checkpoint=checkpoint, history=history, seconds=time.time() - started)
+
+
+_EMOTION_KEYS = ("emotion_accuracy", "emotion_uar", "emotion_weighted_f1")
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Validation metrics for the history: no predictions, the emotion figures as plain numbers."""
+    metrics.pop("predictions", None)
+    metrics.pop("emotion_logits", None)
+    emotion = metrics.pop("emotion", None)
+    if emotion:
+        metrics.update({f"emotion_{k}": emotion[k] for k in ("accuracy", "uar", "weighted_f1")})
+    return metrics
 
 
 # -- several seeds -----------------------------------------------------------------------------
@@ -304,12 +354,25 @@ def summarise(runs: list[RunResult]) -> dict[str, dict[str, float]]:
         values = [t[key] for t in tested if key in t]
         if values:
             table[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    for key in ("accuracy", "uar", "weighted_f1"):
+        values = [t["emotion"][key] for t in tested if (t.get("emotion") or {}).get(key) is not None]
+        if values:
+            key = f"emotion_{key}"
+            table[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
     return table
+
+
+def _test_value(test: dict[str, Any], key: str) -> float:
+    if key.startswith("emotion_"):
+        value = (test.get("emotion") or {}).get(key[len("emotion_"):])
+    else:
+        value = test.get(key)
+    return float("nan") if value is None else float(value)
 
 
 def _write_results(out: Path, cfg: DMDConfig, runs: list[RunResult], table: dict[str, dict[str, float]]) -> None:
     # MMSA's result file: one row per model, each metric as "(mean, std)" of value * 100, 2 decimals
-    keys = [k for k in METRIC_KEYS if k in table]
+    keys = [k for k in (*METRIC_KEYS, *_EMOTION_KEYS) if k in table]
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Model", *keys])
@@ -324,7 +387,7 @@ def _write_results(out: Path, cfg: DMDConfig, runs: list[RunResult], table: dict
     lines += ["", "| seed | best epoch | epochs | valid Loss | " + " | ".join(keys) + " |",
               "|---|---|---|---|" + "---|" * len(keys)]
     for r in runs:
-        vals = " | ".join(f"{r.test[k]:.4f}" if r.test else "-" for k in keys)
+        vals = " | ".join(f"{_test_value(r.test, k):.4f}" if r.test else "-" for k in keys)
         lines.append(f"| {r.seed} | {r.best_epoch} | {r.epochs} | {r.valid.get('Loss', float('nan')):.4f} | {vals} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     summary = {
