@@ -61,3 +61,16 @@ def normalise_words(words: Iterable[Word]) -> list[Word]:
         for i, part in enumerate(parts):
             out.append(Word(part, word.start + i * step, word.start + (i + 1) * step, word.confidence))
     return out
+
+
+MIN_CONFIDENCE = 0.5  # the default of asr.min_confidence
+
+
+def confident_words(words: list[Word], min_confidence: float = MIN_CONFIDENCE) -> list[Word]:
+    """Recognised words, or none when the recogniser was not confident of them (mean confidence below
+    `min_confidence`): speech the text model cannot read (another language, noise) is not text. The
+    live inference worker applies it to a window's words, `dmd extract` to a clip's recognised words,
+    so a model is trained on what it is served."""
+    if not words or sum(w.confidence for w in words) >= min_confidence * len(words):
+        return words
+    return []

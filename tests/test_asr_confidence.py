@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dmd_types import Word
-from workers.infer.worker import confident_words
+from dmd_types.words import confident_words
 from workers.settings import AsrSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -157,3 +157,42 @@ def test_a_row_without_any_label_or_with_an_unknown_emotion_is_refused(tmp_path:
     path.write_text(f"video_id,clip_id,text,label,mode,emotion\n{row}\n")
     with pytest.raises(ExtractError, match=message):
         read_labels(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not (RAVDESS.is_dir() and EMODB.is_dir()), reason="../shared/data/emotion_speech is absent")
+def test_real_voices_convert_and_extract_audio_only_with_their_emotions(tmp_path: Path, capsys) -> None:
+    """dmd convert, then dmd extract on audio-only clips (FLAC): voice present, no face, the RAVDESS
+    sentence forced-aligned as the words, EmoDB without words, emotions kept, no sentiment."""
+    import json
+    import pickle
+
+    import numpy as np
+
+    from workers.cli import main as dmd
+
+    for corpus, files in (("ravdess", [RAVDESS / "Actor_19" / "03-01-05-02-01-01-19.flac",
+                                       RAVDESS / "Actor_20" / "03-01-01-01-02-01-20.flac"]),
+                          ("emodb", [EMODB / "03a01Wa.flac", EMODB / "13a01Nb.flac"])):
+        source = tmp_path / f"{corpus}-src"
+        source.mkdir()
+        for f in files:
+            (source / f.name).symlink_to(f)
+        assert dmd(["convert", corpus, str(source), "--out", str(tmp_path / corpus)]) == 0
+        assert dmd(["extract", str(tmp_path / corpus), "-o", str(tmp_path / f"{corpus}.pkl"), "--splits", "test",
+                    "--cache", str(tmp_path / "cache")]) == 0
+        assert json.loads(capsys.readouterr().out.split("\n{", 1)[-1].join(["{", ""]))["failed"] == 0
+        with open(tmp_path / f"{corpus}.pkl", "rb") as f:
+            test = pickle.load(f)["test"]
+        assert len(test["id"]) == 2
+        assert np.isnan(test["regression_labels"]).all()
+        assert test["present"][:, 1].all() and not test["present"][:, 2].any()  # voice, no face
+        emotions = sorted(test["emotion_labels"].tolist())
+        if corpus == "ravdess":
+            assert emotions == sorted([EMOTIONS.index("angry"), EMOTIONS.index("neutral")])
+            assert test["present"][:, 0].all()
+            assert sorted(test["raw_text"]) == ["dogs are sitting by the door", "kids are talking by the door"]
+        else:
+            assert emotions == sorted([EMOTIONS.index("angry"), EMOTIONS.index("neutral")])
+            assert not test["present"][:, 0].any() and list(test["raw_text"]) == ["", ""]

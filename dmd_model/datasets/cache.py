@@ -18,7 +18,7 @@ from ..features.profile import extractor_versions
 from ..features.text import TokenEmbeddings
 
 # Bump when what extraction computes changes (invalidates the caches and is recorded in the pickle).
-EXTRACT_VERSION = 1
+EXTRACT_VERSION = 2  # 2: recognised words gated by confidence as live (dmd_types.words.confident_words)
 
 
 def default_cache_dir() -> Path:

@@ -3,7 +3,8 @@
 Each corpus names its files its own way; this turns them into one layout:
 
 ```
-DIR/label.csv                       video_id, clip_id, text, label, mode, emotion, corpus, corpus_label, speaker
+DIR/label.csv                       video_id, clip_id, text, label, mode, emotion, corpus, corpus_label,
+                                    speaker, language
 DIR/Raw/<video_id>/<clip_id>.<ext>  the media (a symbolic link to SOURCE's file, or a copy with copy=True)
 ```
 
@@ -22,8 +23,8 @@ Splits are by speaker, never by utterance, so a test speaker's voice is never he
 - RAVDESS speech (`Actor_NN/03-01-EE-II-SS-RR-AA.flac|wav`): the text is the sentence the statement
   code names ("Kids are talking by the door", "Dogs are sitting by the door"); `dmd extract` aligns
   it to the audio.
-- EmoDB (`SSTTTEV.flac|wav`): German, so no text (the text model reads English): `text` is empty
-  and the words are absent.
+- EmoDB (`SSTTTEV.flac|wav`): German, so no text (the text model reads English): `text` is empty,
+  `language` is "de", and `dmd extract` gives its clips no words (no recogniser runs on them).
 - MELD (`{train,dev,test}_sent_emo.csv`): transcripts only (no media here): a text-only corpus.
 """
 
@@ -42,7 +43,8 @@ from dmd_types.emotions import CORPUS_LABEL_NAMES, emotion_of
 from .labels import ExtractError
 
 CORPORA = ("ravdess", "emodb", "meld")
-COLUMNS = ("video_id", "clip_id", "text", "label", "mode", "emotion", "corpus", "corpus_label", "speaker")
+COLUMNS = ("video_id", "clip_id", "text", "label", "mode", "emotion", "corpus", "corpus_label", "speaker",
+           "language")
 AUDIO_SUFFIXES = (".flac", ".wav")
 
 RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
@@ -70,11 +72,12 @@ class CorpusClip:
     speaker: str
     media: Path | None = None
     label: str = ""  # sentiment in [-3, 3]; empty: none
+    language: str = "en"
 
     def row(self) -> dict[str, str]:
         return {"video_id": self.video_id, "clip_id": self.clip_id, "text": self.text, "label": self.label,
                 "mode": self.mode, "emotion": self.emotion, "corpus": self.corpus,
-                "corpus_label": self.corpus_label, "speaker": self.speaker}
+                "corpus_label": self.corpus_label, "speaker": self.speaker, "language": self.language}
 
 
 def _audio_files(source: Path) -> list[Path]:
@@ -110,7 +113,8 @@ def emodb_clips(source: Path) -> Iterator[CorpusClip]:
             raise ExtractError(f"{path}: speaker {speaker} is not one of EmoDB's ({', '.join(sorted(EMODB_SPLITS))})")
         yield CorpusClip(video_id=f"speaker_{speaker}", clip_id=path.stem, text="", mode=EMODB_SPLITS[speaker],
                          emotion=emotion_of("emodb", code), corpus="emodb",
-                         corpus_label=CORPUS_LABEL_NAMES["emodb"][code], speaker=speaker, media=path)
+                         corpus_label=CORPUS_LABEL_NAMES["emodb"][code], speaker=speaker, media=path,
+                         language="de")
 
 
 def meld_clips(source: Path) -> Iterator[CorpusClip]:

@@ -20,6 +20,9 @@ so `dmd train` reads it as it reads the official files, plus:
 
 - per split: `present` (N, 3) bool in (text, audio, visual) order, `n_tokens` (N,), and
   `transcript` (the label file's text; `raw_text` holds the normalised words the model saw);
+- `emotion_labels` (N,) int64 when the label file has an `emotion` column with values (an index
+  into dmd_types.EMOTIONS, -1 for none; `regression_labels` is then NaN where a clip has no
+  sentiment): emotion corpora written by `dmd convert`, audio-only clips (wav, flac) included;
 - a top-level `meta`: the profile (`PROFILE.describe()`), the modalities present in the data, the
   source, the counts and failures. `dmd_model.training.data.load_mmsa(...).metadata` exposes it and
   `pickle_metadata(path)` reads it from the JSON written beside the pickle.
@@ -147,6 +150,7 @@ class SplitArrays:
                 "present": np.zeros((n, 3), bool),
                 "n_tokens": np.zeros(n, np.int64),
                 "regression_labels": np.zeros(n, np.float32),
+                "emotion_labels": np.full(n, -1, np.int64),
                 "ok": np.zeros(n, bool),
                 "id": [""] * n, "raw_text": [""] * n, "transcript": [""] * n,
             }
@@ -164,6 +168,7 @@ class SplitArrays:
         a["present"][j] = sample.present
         a["n_tokens"][j] = sample.n_tokens
         a["regression_labels"][j] = sample.label
+        a["emotion_labels"][j] = sample.emotion
         a["id"][j], a["raw_text"][j], a["transcript"][j] = sample.id, sample.words, sample.transcript
         a["ok"][j] = True
 
@@ -180,6 +185,9 @@ class SplitArrays:
                 entry[k] = np.asarray([a[k][i] for i in keep], dtype=object)
             out[split] = entry
             counts[split] = int(keep.size)
+        if not any((entry["emotion_labels"] >= 0).any() for entry in out.values()):
+            for entry in out.values():  # sentiment only: the official layout, without the key
+                del entry["emotion_labels"]
         return out, counts
 
 

@@ -1,7 +1,8 @@
 """Label files and dataset folders: what clips there are, their transcripts, labels and splits.
 
 Two layouts: MMSA-FET / MOSEI (`video_id, clip_id, text, label, mode`, media at
-`Raw/<video_id>/<clip_id>.<ext>`) and MOSI (`id, text, label, mode`). Either may have an `emotion`
+`Raw/<video_id>/<clip_id>.<ext>`) and MOSI (`id, text, label, mode`). Either may have a `language` column
+(ISO 639-1; a clip in another language than English gets no words) and an `emotion`
 column (one of `dmd_types.EMOTIONS`, or empty); with it, `label` may be empty where a clip has no
 sentiment (an emotion corpus: `dmd convert`), and is then NaN. `select_clips` makes the list
 an extraction runs over (its splits, a limit, word sub-spans of the transcripts).
@@ -45,6 +46,7 @@ class ClipSpec:
     words: tuple[str, ...] | None = None  # a sub-span's words (augmentation); None: all of `text`
     source: str = ""  # the label file
     emotion: int = -1  # index in dmd_types.EMOTIONS; -1: none
+    language: str = ""  # the speech's language ("" unknown); not English: no words (the text model reads English)
 
 
 def read_labels(path: str | Path, media_root: str | Path | None = None) -> list[ClipSpec]:
@@ -94,7 +96,8 @@ def read_labels(path: str | Path, media_root: str | Path | None = None) -> list[
             video_id, _, clip_id = sample_id.rpartition("_")
         media = _find_media(Path(media_root), video_id, clip_id) if media_root is not None else None
         specs.append(ClipSpec(id=sample_id, text=(row.get("text") or "").strip(), label=label, split=split,
-                              video_id=video_id, clip_id=clip_id, media=media, source=str(path), emotion=emotion))
+                              video_id=video_id, clip_id=clip_id, media=media, source=str(path), emotion=emotion,
+                              language=(row.get("language") or "").strip().lower()))
     if bad_modes:
         raise ExtractError(f"{path.name}: mode(s) {dict(bad_modes)} are not train, valid (dev) or test: fix the "
                            "`mode` column")

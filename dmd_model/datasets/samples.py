@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dmd_types import Frames, Word, normalise_text
+from dmd_types.words import confident_words
 
 from ..features.alignment import MODALITIES, align_window
 from ..features.errors import FeatureError
@@ -55,6 +56,7 @@ class Sample:
     cached: bool = False
     no_transcript: bool = False
     dropped_tokens: int = 0
+    emotion: int = -1  # index in dmd_types.EMOTIONS; -1: none
 
 
 def _arrays(window: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[bool, bool, bool]]:
@@ -121,7 +123,8 @@ class Extractor:
         window = text_window(words, self.text, self.profile)
         text, audio, vision, present = _arrays(window)
         return Sample(spec.id, spec.split, spec.label, text, audio, vision, present, window.n_tokens,
-                      " ".join(w.text for w in window.words), spec.text, dropped_tokens=window.dropped_tokens)
+                      " ".join(w.text for w in window.words), spec.text, dropped_tokens=window.dropped_tokens,
+                      emotion=spec.emotion)
 
     # media ----------------------------------------------------------------------------------
     def clip_key(self, spec: ClipSpec) -> str:
@@ -131,7 +134,7 @@ class Extractor:
             "v": EXTRACT_VERSION, "id": spec.id, "profile": self.profile.name, "versions": self.versions,
             "media": str(media.resolve()) if stat else str(media), "size": stat.st_size if stat else None,
             "mtime_ns": stat.st_mtime_ns if stat else None, "text": spec.text,
-            "recogniser": None if spec.text else str(self._recogniser_spec),
+            "recogniser": None if spec.text else str(self._recogniser_spec), "language": spec.language,
         })
 
     def _clip_path(self, spec: ClipSpec) -> Path | None:
@@ -148,7 +151,7 @@ class Extractor:
                     return Sample(spec.id, spec.split, spec.label, z["text"], z["audio"], z["vision"],
                                   tuple(bool(p) for p in z["present"]), int(z["n_tokens"]), str(z["words"]),
                                   spec.text, cached=True, no_transcript=not spec.text,
-                                  dropped_tokens=int(z["dropped"]))
+                                  dropped_tokens=int(z["dropped"]), emotion=spec.emotion)
             except (OSError, ValueError, KeyError, EOFError):
                 pass  # damaged: extract again
         sample = self._extract_media(spec)
@@ -183,9 +186,11 @@ class Extractor:
         text, audio, vision, present = _arrays(window)
         return Sample(spec.id, spec.split, spec.label, text, audio, vision, present, window.n_tokens,
                       " ".join(w.text for w in window.words), spec.text, no_transcript=not spec.text,
-                      dropped_tokens=window.dropped_tokens)
+                      dropped_tokens=window.dropped_tokens, emotion=spec.emotion)
 
     def _words(self, spec: ClipSpec, media: Any) -> list[Word]:
+        if spec.language not in ("", "en"):
+            return []  # the text model reads English: speech in another language is no text (EmoDB)
         if spec.text:
             if media.pcm.size == 0:
                 # no sound to align to: spread the words evenly over the clip, flagged unaligned
@@ -204,7 +209,7 @@ class Extractor:
                                "text in label.csv, or pass a recogniser (dmd extract --asr MODULE:FUNCTION)")
         if media.pcm.size == 0:
             return []
-        return list(self._recogniser(media.pcm, media.t0))
+        return confident_words(list(self._recogniser(media.pcm, media.t0)))  # as the live worker gates them
 
     def sample(self, spec: ClipSpec) -> Sample:
         return self.media_sample(spec) if spec.media is not None else self.text_sample(spec)

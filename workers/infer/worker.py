@@ -37,6 +37,7 @@ from dmd_model.features import align_window
 from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
 from dmd_model.features.text import PrecomputedTokens
 from dmd_types import Frames, Word
+from dmd_types.words import confident_words
 from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer
 from stream.estimate import Estimate, ModalityResult
@@ -77,15 +78,6 @@ def _blamed(what: str) -> Iterator[None]:
         yield
     except MessageError as exc:
         raise MessageError(f"{what}: {exc.reason}") from None
-
-
-def confident_words(words: list[Word], min_confidence: float) -> list[Word]:
-    """A window's words, or none when the recogniser was not confident of them (mean confidence below
-    `min_confidence`): speech the text model cannot read (another language, noise) is not text. The
-    window is then aligned as one without words: face and voice still count."""
-    if not words or sum(w.confidence for w in words) >= min_confidence * len(words):
-        return words
-    return []
 
 
 def _settle(job: _Job, error: BaseException | None) -> None:
