@@ -11,6 +11,7 @@ The file is a pickle: load only files you trust, as with any pickle.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 _REQUIRED = "an MMSA pickle needs text, audio, vision, regression_labels"
+log = logging.getLogger(__name__)
 _WRITTEN_BY = "was it written by MMSA-FET or `dmd extract`?"
 # Samples checked for finite values at a time: MOSEI's text alone is ~2.5 GB, a boolean copy of it
 # all at once would cost another 600 MB.
@@ -159,6 +161,8 @@ def _check_split(
     where = f"{name} split {split!r}"
     if not isinstance(entry, dict):
         raise DataError(f"{where} is a {type(entry).__name__}, expected a dict of arrays: {_WRITTEN_BY}")
+    if "regression_labels" not in entry and "labels" in entry:
+        entry = mult_iemocap_entry(entry, where)
     text_key = "text_bert" if use_bert else "text"
     for key in (text_key, "audio", "vision", "regression_labels"):
         if key not in entry:
@@ -217,6 +221,41 @@ def _check_split(
         audio_lengths=lengths.get("audio_lengths"), vision_lengths=lengths.get("vision_lengths"),
         emotions=emotions, present=present,
     )
+
+
+# MulT's IEMOCAP (`iemocap_data.pkl`, `iemocap_data_noalign.pkl`): per split `text` (N, L, 300)
+# GloVe, `audio` (N, L, 74) COVAREP, `vision` (N, L, 35) Facet and `labels` (N, 4, 2), one
+# [absent, present] pair per emotion in the order below (MulT's `eval_iemocap`). The DMD paper
+# reports IEMOCAP in this layout. The four are the first four of dmd_types.EMOTIONS, in that order.
+IEMOCAP_EMOTIONS = ("neutral", "happy", "sad", "angry")
+
+
+def mult_iemocap_entry(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """A split in MulT's IEMOCAP layout as the splits `_check_split` reads: `emotion_labels` from
+    `labels` (the one emotion marked present; a sample marked with none or several is left out,
+    and the count logged), `regression_labels` NaN (IEMOCAP has no sentiment on MOSI's scale)."""
+    from dmd_types import EMOTIONS
+
+    labels = np.asarray(entry["labels"])
+    if labels.ndim != 3 or labels.shape[1:] != (len(IEMOCAP_EMOTIONS), 2):
+        raise DataError(f"{where} key 'labels' has shape {labels.shape}, expected (N, 4, 2): MulT's IEMOCAP "
+                        "layout, one [absent, present] pair per emotion (neutral, happy, sad, angry); an MMSA "
+                        "pickle has regression_labels instead")
+    marked = labels.argmax(-1) == 1  # (N, 4)
+    single = marked.sum(1) == 1
+    order = np.asarray([EMOTIONS.index(e) for e in IEMOCAP_EMOTIONS])
+    n = len(labels)
+    out = {k: (np.asarray(v)[single] if _per_sample(v, n) else v) for k, v in entry.items() if k != "labels"}
+    out["emotion_labels"] = order[marked[single].argmax(1)].astype(np.int64)
+    out["regression_labels"] = np.full(int(single.sum()), np.nan, np.float32)
+    if not single.all():
+        log.warning("%s: %d sample(s) marked with no emotion or with several are left out", where,
+                    int((~single).sum()))
+    return out
+
+
+def _per_sample(value: Any, n: int) -> bool:
+    return isinstance(value, (np.ndarray, list, tuple)) and len(value) == n
 
 
 def _emotions(value: Any, where: str, n: int) -> np.ndarray | None:

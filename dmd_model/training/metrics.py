@@ -106,8 +106,15 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """One line for logs: `Has0_acc_2: 0.8123  Has0_F1_score: 0.8120  ...`, in the given order."""
-    return "  ".join(f"{k}: {v:.4f}" for k, v in metrics.items())
+    """One line for logs: `Has0_acc_2: 0.8123  Has0_F1_score: 0.8120  ...`, in the given order; an
+    `emotion` member shows as its accuracy and UAR, other values that are not numbers are left out."""
+    parts = []
+    for k, v in metrics.items():
+        if isinstance(v, dict) and k == "emotion":
+            parts += [f"emotion_{m}: {v[m]:.4f}" for m in ("accuracy", "uar") if v.get(m) is not None]
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{k}: {v:.4f}")
+    return "  ".join(parts)
 
 
 def emotion_metrics(logits: np.ndarray, true: np.ndarray, classes: int) -> dict[str, object]:

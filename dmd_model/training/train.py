@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from ..artefacts.checkpoint import MMSA_PROFILE, save_checkpoint
 from ..config import DMDConfig
 from ..network.dmd import DMD
-from .data import MMSASplit, describe, make_loaders
+from .data import IEMOCAP_EMOTIONS, MMSASplit, describe, make_loaders
 from .losses import dmd_loss
 from .metrics import METRIC_KEYS, emotion_metrics, format_metrics, regression_metrics
 from .multitask import Targets, multitask_loss
@@ -412,7 +412,8 @@ def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
-    """Training curves (loss, validation MAE and Non0 Acc-2); skipped without matplotlib."""
+    """Training curves (loss, validation MAE and Non0 Acc-2, or emotion UAR and accuracy for data
+    without sentiment); skipped without matplotlib."""
     try:
         import matplotlib
 
@@ -425,12 +426,14 @@ def _plot_curves(path: Path, history: list[dict[str, Any]], title: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epochs, [r["train_loss"] for r in history], label="train total loss")
     axes[0].set_title("training loss")
-    axes[1].plot(epochs, [r["train_MAE"] for r in history], label="train")
-    axes[1].plot(epochs, [r["valid_MAE"] for r in history], label="valid")
-    axes[1].set_title("MAE")
-    axes[2].plot(epochs, [r["train_Non0_acc_2"] for r in history], label="train")
-    axes[2].plot(epochs, [r["valid_Non0_acc_2"] for r in history], label="valid")
-    axes[2].set_title("Non0 Acc-2")
+    panels = (("MAE", "MAE"), ("Non0_acc_2", "Non0 Acc-2")) if "valid_MAE" in history[0] else (
+        ("emotion_uar", "emotion UAR"), ("emotion_accuracy", "emotion accuracy"))  # emotions only
+    for ax, (key, name) in zip(axes[1:], panels):
+        for split in ("train", "valid"):
+            values = [r.get(f"{split}_{key}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [math.nan if v is None else v for v in values], label=split)
+        ax.set_title(name)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.legend()
@@ -477,4 +480,24 @@ def evaluate_checkpoint(checkpoint_path: str | Path, data_path: str | Path, *, s
     loader = make_loaders({split: splits[split]}, cfg.train.batch_size, eval_batch_size=cfg.train.batch_size)[split]
     metrics = trainer.evaluate(model, loader, desc=split)
     metrics.pop("predictions")
+    logits = metrics.pop("emotion_logits", None)
+    if logits is not None and cfg.model.emotion_classes == len(IEMOCAP_EMOTIONS):
+        truth = splits[split].emotions if splits[split].emotions is not None else np.full(len(logits), -1)
+        metrics["emotion"]["per_emotion"] = per_emotion_binary(logits, truth, IEMOCAP_EMOTIONS)
     return metrics
+
+
+def per_emotion_binary(logits: np.ndarray, truth: np.ndarray, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """MulT's IEMOCAP figures (`eval_iemocap`): for each emotion, is-it-this-one as a binary task,
+    accuracy and weighted F1, from the four-way prediction (one against the rest) on the samples
+    with an emotion."""
+    from .metrics import weighted_f1
+
+    keep = truth >= 0
+    pred, true = np.asarray(logits)[keep].argmax(1), truth[keep]
+    out = {}
+    for k, name in enumerate(names):
+        p, t = (pred == k).astype(int), (true == k).astype(int)
+        out[name] = {"accuracy": round(float((p == t).mean()), 4) if t.size else None,
+                     "weighted_f1": round(weighted_f1(t, p), 4) if t.size else None}
+    return out

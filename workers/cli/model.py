@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -95,8 +96,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,
                                   progress=not args.quiet)
-    print_json({"checkpoint": args.checkpoint, "data": args.data, "split": args.split, "metrics": metrics})
+    result: dict[str, Any] = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+                              "metrics": metrics}
+    emotion = metrics.pop("emotion", None)
+    if emotion is not None:
+        result["emotion"] = emotion
+        if args.plot:
+            title = f"{Path(args.checkpoint).name} on {Path(args.data).name} ({args.split})"
+            result["plot"] = plot_confusion(emotion["confusion"], args.plot, title=title)
+    elif args.plot:
+        print(f"dmd eval: --plot {args.plot}: the checkpoint has no emotion heads, so there is no confusion matrix "
+              "to plot", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print_json(result)
     return 0
+
+
+def plot_confusion(confusion: list[list[int]], path: str, title: str = "") -> str:
+    """The confusion matrix (rows true, columns predicted, emotions in dmd_types order) as a PNG,
+    each cell its count and its share of the row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from dmd_types import EMOTIONS
+
+    m = np.asarray(confusion, dtype=float)
+    names = EMOTIONS[: len(m)]
+    rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(m) + 2, 1.0 * len(m) + 1.5))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(m)):
+        for j in range(len(m)):
+            ax.text(j, i, f"{int(m[i, j])}\n{rows[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(m)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(m)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
 
 
 # -- info ------------------------------------------------------------------------------------------
@@ -176,6 +224,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object on one line")
+    p.add_argument("--plot", metavar="PNG", help="emotion heads: write the confusion matrix as a PNG")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="what a checkpoint holds")
