@@ -54,6 +54,8 @@ CASES = [
     (["train", "--data", "missing.pkl", "--epochs", "1"], {}, "'missing.pkl' not found"),
     (["extract", "no-such-folder", "-o", "x.pkl"], {}, "no-such-folder"),
     (["models", "install", "../escape"], {}, "'../escape' is not usable as a folder name"),
+    (["convert", "ravdess", "no-such-folder", "--out", "x"], {}, "no-such-folder is not a folder"),
+    (["convert", "emodb", ".", "--out", "x"], {}, "no emodb files under ."),
 ]
 
 
