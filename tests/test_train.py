@@ -261,3 +261,8 @@ def test_a_two_task_model_trains_on_mixed_labels_and_modalities_and_reports_both
     assert "emotion_uar" in summary.table
     model = load_checkpoint(run.checkpoint).build_model("cpu")
     assert model.cfg.emotion_classes == 7
+    # shipped as the default checkpoint will be: fp16, its emotion test figures recorded
+    released = tmp_path / "released.pt"
+    assert dmd(["release", str(run.checkpoint), "--out", str(released), "--eval", f"mixed={path}", "--quiet"]) == 0
+    recorded = load_checkpoint(released).metrics["test_mixed"]["emotion"]
+    assert recorded["n"] == emotion["n"] and abs(recorded["uar"] - emotion["uar"]) <= 0.05
