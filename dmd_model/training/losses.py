@@ -124,6 +124,12 @@ def dmd_loss(model: DMD, out: dict[str, Tensor], labels: Tensor, cfg: LossConfig
         for name, value in parts.items():
             terms[f"{branch}_gd_{name}"] = value
 
+    terms["total"] = weighted_total(terms, task, cfg)
+    return terms
+
+
+def weighted_total(terms: dict[str, Tensor], task: Tensor, cfg: LossConfig) -> Tensor:
+    """The official composition of the terms around the task losses `task` (module docstring)."""
     recon = terms["recon_l"] + terms["recon_v"] + terms["recon_a"]
     cycle = terms["cycle_l"] + terms["cycle_v"] + terms["cycle_a"]
     ort = terms["ort_l"] + terms["ort_v"] + terms["ort_a"]
@@ -131,9 +137,8 @@ def dmd_loss(model: DMD, out: dict[str, Tensor], labels: Tensor, cfg: LossConfig
     if cfg.homo_repr_in_loss:
         homo = homo + terms["homo_gd_repr"]
     hetero = terms["hetero_gd_logit"] + terms["hetero_gd_repr"] + terms["hetero_gd_reg"]
-    terms["total"] = (
+    return (
         task
         + cfg.gd_weight * (homo + hetero)
         + cfg.decoupling_weight * (cycle + recon + cfg.margin_ort_weight * (terms["margin"] + ort))
     )
-    return terms

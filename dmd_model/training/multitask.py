@@ -34,7 +34,7 @@ from torch import Tensor
 from ..config import GD_ORDER, MODALITIES, LossConfig
 from ..network.dmd import DMD, SHORT
 from ..network.graph_distill import EDGE_PAIRS, _distance, cosine_embedding_negative
-from .losses import margin_loss
+from .losses import margin_loss, orthogonality_loss, weighted_total
 
 _KEYS = ("l", "v", "a")  # official order of the per-modality terms
 _MOD_OF = {SHORT[m]: m for m in MODALITIES}
@@ -108,13 +108,8 @@ def multitask_loss(model: DMD, out: dict[str, Tensor], targets: Targets, cfg: Lo
         terms[f"cycle_{k}"] = _mse(out[f"s_{k}"].permute(1, 2, 0), out[f"s_{k}_r"], has[k])
     for k in _KEYS:
         s, c = out[f"s_{k}"][:, has[k]], out[f"c_{k}"][:, has[k]]  # (L, B', d)
-        if s.shape[1] == 0:
-            terms[f"ort_{k}"] = out[f"s_{k}"].sum() * 0.0
-        elif cfg.orthogonality_axis == "batch":
-            terms[f"ort_{k}"] = cosine_embedding_negative(s, c, dim=1).mean()
-        else:
-            d = s.shape[-1]
-            terms[f"ort_{k}"] = cosine_embedding_negative(s.reshape(-1, d), c.reshape(-1, d), dim=1).mean()
+        terms[f"ort_{k}"] = (orthogonality_loss(s, c, cfg.orthogonality_axis) if s.shape[1]
+                             else out[f"s_{k}"].sum() * 0.0)
     # anchors interleaved per sample as in the official loop: l, v, a of sample 0, then sample 1, ...
     feats = torch.stack([out["c_l_sim"], out["c_v_sim"], out["c_a_sim"]], dim=1).flatten(0, 1)
     anchors = torch.stack([has_sentiment & has[k] for k in _KEYS], dim=1).flatten()
@@ -129,18 +124,7 @@ def multitask_loss(model: DMD, out: dict[str, Tensor], targets: Targets, cfg: Lo
         for name, value in _gd_loss(unit, logits, reprs, out[f"edges_{branch}_raw"], edge_mask).items():
             terms[f"{branch}_gd_{name}"] = value
 
-    recon = terms["recon_l"] + terms["recon_v"] + terms["recon_a"]
-    cycle = terms["cycle_l"] + terms["cycle_v"] + terms["cycle_a"]
-    ort = terms["ort_l"] + terms["ort_v"] + terms["ort_a"]
-    homo = terms["homo_gd_logit"] + terms["homo_gd_reg"]
-    if cfg.homo_repr_in_loss:
-        homo = homo + terms["homo_gd_repr"]
-    hetero = terms["hetero_gd_logit"] + terms["hetero_gd_repr"] + terms["hetero_gd_reg"]
-    terms["total"] = (
-        task + emotion_weight * emotion_task
-        + cfg.gd_weight * (homo + hetero)
-        + cfg.decoupling_weight * (cycle + recon + cfg.margin_ort_weight * (terms["margin"] + ort))
-    )
+    terms["total"] = weighted_total(terms, task + emotion_weight * emotion_task, cfg)
     return terms
 
 
