@@ -13,13 +13,11 @@ model that cannot be used ends the command with its message and exit status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import sys
 
 from . import data, live, model, models, web
-from .common import stopped_by_signal
+from .common import leave_now, stopped_by_signal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,13 +63,7 @@ def run() -> int:
         # stopped by a signal: leave without the interpreter's teardown, which takes a second or more
         # with torch and MediaPipe loaded (measured 1.3 s) and would break the promise of an end
         # within 5 s; what had to be written or acknowledged was, before `main` returned
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-            from .quiet import drain
-
-            drain()
-        os._exit(code)
+        leave_now(code)
     return code
 
 

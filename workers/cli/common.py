@@ -56,6 +56,18 @@ def settings_from(args: argparse.Namespace) -> PipelineSettings:
 _signalled = threading.Event()
 
 
+def leave_now(code: int, drain_timeout_s: float = 2.0) -> None:
+    """End the process with `code` at once (`os._exit`: no interpreter teardown), after flushing
+    standard output and error and passing on what the fd-2 log filter still holds (cli/quiet.py)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        from .quiet import drain
+
+        drain(timeout=drain_timeout_s)
+    os._exit(code)
+
+
 def stopped_by_signal() -> bool:
     """Whether a command of this process was stopped by SIGINT or SIGTERM (`run_stoppable`)."""
     return _signalled.is_set()
@@ -76,13 +88,7 @@ def run_stoppable(main: Callable[[asyncio.Event], Awaitable[int]], *, grace_s: f
     state = {"signals": 0}
 
     def hard_exit() -> None:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-            from .quiet import drain
-
-            drain(timeout=0.3)  # the last log lines, if `dmd` filters fd 2
-        os._exit(130)
+        leave_now(130, drain_timeout_s=0.3)
 
     async def runner() -> int:
         stop = asyncio.Event()
