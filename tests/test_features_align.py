@@ -159,3 +159,48 @@ def test_windows_stack_into_a_batch(encoder):
     assert batch["text"].shape == (2, L, 384) and batch["audio"].shape == (2, L, 25)
     assert batch["visual"].shape == (2, L, 55) and list(batch["lengths"]) == [1, 12]
     assert batch["present"].tolist() == [[True, True, True], [False, True, True]]
+
+
+# -- live-v2: voice and face on fixed time slots, whatever the words ---------------------------------
+
+def test_live_v2_places_audio_and_visual_on_quarter_second_slots_and_text_on_tokens(encoder):
+    from dmd_model.features import LIVE_V2
+
+    audio, face = audio_frames(), face_frames()
+    words = [Word("Hello", 0.5, 1.0), Word("sugarcoating", 1.0, 1.6)]
+    v1 = align_window(words, audio, face, 0.0, 3.0, encoder)
+    v2 = align_window(words, audio, face, 0.0, 3.0, encoder, LIVE_V2)
+    n = v2.n_tokens
+    assert v2.profile == "live-v2" and n == v1.n_tokens and np.array_equal(v2.text, v1.text)
+    assert v2.length == 12 and v2.lengths == {"text": n, "audio": 12, "visual": 12}
+    for p in range(12):  # each slot averages its own 0.25 s of frames, standardised as in v1
+        np.testing.assert_allclose(v2.audio[p], expected_audio(audio, 0.25 * p, 0.25 * (p + 1)), atol=1e-5)
+    # inside one word the slots differ (the word-averaged v1 holds one value for the whole word)
+    assert not np.allclose(v2.audio[4], v2.audio[5]) and np.array_equal(v1.audio[1], v1.audio[n - 1])
+    assert not v2.audio[12:].any() and not v2.visual[12:].any()
+    assert v2.visual[0, 0] == pytest.approx(np.mean([0.0, 0.1, 0.2]), abs=1e-6)
+    assert v2.present == v1.present
+
+
+def test_live_v2_stretches_the_slots_of_a_span_longer_than_l_slots(encoder):
+    from dmd_model.features import LIVE_V2
+
+    audio, face = audio_frames(t_end=30.0), face_frames(t_end=30.0)
+    w = align_window([Word("long", 1.0, 2.0)], audio, face, 0.0, 25.0, encoder, LIVE_V2)
+    assert w.length == L
+    np.testing.assert_allclose(w.spans[:L, 1] - w.spans[:L, 0], 25.0 / L)  # 0.5 s slots cover all 25 s
+    assert w.spans[L - 1, 1] == pytest.approx(25.0)
+    np.testing.assert_allclose(w.audio[L - 1], expected_audio(audio, 24.5, 25.0), atol=1e-5)
+
+
+def test_a_checkpoint_records_where_its_frames_were_placed_and_another_placement_is_refused():
+    from dmd_model.features import LIVE_V2, check_profile
+
+    assert check_profile(LIVE_V2.describe()) is LIVE_V2
+    recorded = LIVE_V2.describe()
+    recorded["alignment"]["frame_slot_s"] = 0.1
+    with pytest.raises(FeatureError, match="frame_slot_s"):
+        check_profile(recorded)
+    old = PROFILE.describe()
+    del old["alignment"]["frames"], old["alignment"]["frame_slot_s"]  # written before live-v2
+    assert check_profile(old) is PROFILE

@@ -10,6 +10,10 @@ clips sees the same kind of input live. The rule is MMSA's word-aligned data, ma
   them. Positions after the last token are zeros.
 - A window without words gets one position per 0.25 s time slot, text vector zero, so that face
   and voice still reach the model when nobody speaks (or the recogniser has not caught up).
+- Profiles with `frames = "slots"` (live-v2) place audio and visual on fixed time slots of
+  `frame_slot_s` over the window instead, whatever the words (text positions stay one per token):
+  ceil(length / slot) positions, at most L; a longer span (an offline clip) stretches the slots to
+  length / L so that all of it is seen. `spans` then holds the slots' spans.
 - Presence per modality: text (at least one token), audio (at least 50 ms of voiced frames in
   the window: otherwise silence or noise) and visual (a face in at least a fifth of the window's
   video frames). The features are still filled in when a flag is false (silence has acoustic
@@ -172,6 +176,8 @@ def align_window(
     chosen = select_words(words, t_start, t_end)
     tokens = text_encoder.encode([w.text for w in chosen])
     text, token_word, spans, length, n_tok = _positions(chosen, tokens, t_start, t_end, profile)
+    if profile.frames == "slots":
+        spans, length = _slots(t_start, t_end, profile.frame_slot_s, profile.seq_len, stretch=True)
     audio_out, audio_voiced, visual_out, face_present = _averaged_frames(audio, visual, spans, length, profile)
     n_visual = len(visual)
     present = {
@@ -235,12 +241,22 @@ def _positions(chosen: Sequence[Word], tokens: Any, t_start: float, t_end: float
         token_word[:n_tok] = tokens.word_index[:n_tok]
         spans[:n_tok] = [(chosen[i].start, chosen[i].end) for i in token_word[:n_tok]]
         return text, token_word, spans, n_tok, n_tok
-    slots = int(np.ceil((t_end - t_start) / profile.slot_s - 1e-9))
-    length = min(max(slots, 1), L)
-    starts = t_start + profile.slot_s * np.arange(length)
-    spans[:length, 0] = starts
-    spans[:length, 1] = np.minimum(starts + profile.slot_s, t_end)
+    spans, length = _slots(t_start, t_end, profile.slot_s, L, stretch=False)
     return text, token_word, spans, length, 0
+
+
+def _slots(t_start: float, t_end: float, slot_s: float, L: int, stretch: bool) -> tuple[np.ndarray, int]:
+    """Time slots of `slot_s` from t_start: (L, 2) spans (zeros after the filled ones) and how many.
+    More than L slots: the first L (`stretch` false), or L slots of (t_end - t_start) / L (true)."""
+    slots = max(int(np.ceil((t_end - t_start) / slot_s - 1e-9)), 1)
+    if slots > L and stretch:
+        slot_s, slots = (t_end - t_start) / L, L
+    length = min(slots, L)
+    spans = np.zeros((L, 2), np.float64)
+    starts = t_start + slot_s * np.arange(length)
+    spans[:length, 0] = starts
+    spans[:length, 1] = np.minimum(starts + slot_s, t_end)
+    return spans, length
 
 
 def _averaged_frames(audio: Frames, visual: Frames, spans: np.ndarray, length: int, profile: Profile

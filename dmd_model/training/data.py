@@ -12,14 +12,16 @@ The file is a pickle: load only files you trust, as with any pickle.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 _REQUIRED = "an MMSA pickle needs text, audio, vision, regression_labels"
@@ -57,6 +59,12 @@ class MMSASplit:
     # `labels` entry may then be NaN: no sentiment); `present` (N, 3) bool, text, audio, visual.
     emotions: np.ndarray | None = None
     present: np.ndarray | None = None
+    # Mixed data (`merge_mmsa`): per sample the index of its source in `sources`, and each source's
+    # sampling weight (a sample's chance to be drawn in training is proportional to its source's
+    # weight; None: every sample once per epoch, shuffled, as officially).
+    source: np.ndarray | None = None
+    sources: tuple[str, ...] = ()
+    weights: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -115,6 +123,77 @@ def load_mmsa(
         {split: _check_split(raw[split], name, split, use_bert, feature_dims, seq_lens) for split in SPLITS},
         meta if isinstance(meta, dict) else None,
     )
+
+
+def parse_data_sources(specs: Sequence[str]) -> list[tuple[str, Path, float]]:
+    """`--data` arguments -> (name, path, weight): `PATH`, `NAME=PATH` or either with `@WEIGHT`
+    (e.g. `ravdess=runs/ravdess.pkl@2`); the name defaults to the file's stem, the weight to 1."""
+    out = []
+    for spec in specs:
+        text, _, weight_text = str(spec).rpartition("@") if "@" in str(spec) else (str(spec), "", "")
+        name, sep, path = text.partition("=")
+        if not sep:
+            name, path = Path(text).stem, text
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            weight = float("nan")
+        if not (math.isfinite(weight) and weight > 0):
+            raise DataError(f"data source {spec!r}: the weight after @ must be a positive number (e.g. {path}@2)")
+        if any(name == n for n, _, _ in out):
+            raise DataError(f"data source name {name!r} is given twice: name them NAME=PATH")
+        out.append((name, Path(path), weight))
+    return out
+
+
+def merge_mmsa(parts: Sequence[tuple[str, MMSAData, float]]) -> MMSAData:
+    """Several extracted pickles as one data set (mixed corpora in one run): each split is the
+    concatenation of the parts' splits, with per-sample `emotions` (-1 where a part has none),
+    `present` (all true where a part has none) and `source`; `weights` are the parts' sampling
+    weights. The parts must share their feature profile and array shapes. One part is returned as
+    it is (with its weight, if not 1)."""
+    if not parts:
+        raise DataError("no data to merge: give at least one pickle")
+    names = [name for name, _, _ in parts]
+    profiles = {(data.profile or {}).get("name") for _, data, _ in parts}
+    if len(profiles) > 1:
+        raise DataError(f"the pickles {names} were extracted with different feature profiles {sorted(map(str, profiles))}: "
+                        "re-extract them with one `dmd extract --profile NAME`")
+    weights = tuple(float(w) for _, _, w in parts)
+    if len(parts) == 1 and weights == (1.0,):
+        return parts[0][1]
+    splits = {}
+    for split in SPLITS:
+        pieces = [data[split] for _, data, _ in parts]
+        for (name, _, _), piece in zip(parts, pieces):
+            if piece.audio_lengths is not None or piece.vision_lengths is not None:
+                raise DataError(f"{name} split {split!r} is unaligned (audio_lengths): only aligned pickles "
+                                "(`dmd extract`) can be mixed")
+            for key in ("text", "audio", "vision"):
+                first = getattr(pieces[0], key).shape[1:]
+                if getattr(piece, key).shape[1:] != first:
+                    raise DataError(f"{name} split {split!r} has {key} of shape {getattr(piece, key).shape[1:]}, "
+                                    f"{names[0]} {first}: mixed pickles need one profile and one length")
+
+        def cat(key: str, fill: Any) -> np.ndarray:
+            return np.concatenate([getattr(p, key) if getattr(p, key) is not None else fill(p) for p in pieces])
+
+        splits[split] = MMSASplit(
+            text=cat("text", None), audio=cat("audio", None), vision=cat("vision", None),
+            labels=cat("labels", None), ids=[i for p in pieces for i in p.ids],
+            raw_text=[t for p in pieces for t in p.raw_text],
+            emotions=cat("emotions", lambda p: np.full(len(p), -1, np.int64)),
+            present=cat("present", lambda p: np.ones((len(p), 3), bool)),
+            source=np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(pieces)]),
+            sources=tuple(names), weights=weights,
+        )
+    metas = [data.metadata for _, data, _ in parts]
+    modalities = sorted({m for meta in metas for m in (meta.get("modalities") or ())},
+                        key=("text", "audio", "visual").index)
+    metadata = {**metas[0], "modalities": modalities,
+                "source": {"mixed": [{"name": n, "weight": w, "source": meta.get("source") or meta.get("sources")}
+                                     for (n, _, w), meta in zip(parts, metas)]}}
+    return MMSAData(splits, metadata)
 
 
 def pickle_metadata(path: str | Path) -> dict[str, Any]:
@@ -420,11 +499,18 @@ def make_loaders(
     for name, split in splits.items():
         train = name == "train"
         generator = torch.Generator().manual_seed(seed) if train else None
+        sampler = None
+        if train and split.weights is not None and split.source is not None:
+            # mixed corpora: each sample drawn with its source's weight, as many draws per epoch as samples
+            per_sample = torch.as_tensor(np.asarray(split.weights, np.float64)[split.source])
+            sampler = WeightedRandomSampler(per_sample, num_samples=len(split), replacement=True,
+                                            generator=generator)
         loaders[name] = DataLoader(
             MMSADataset(split),
             batch_size=batch_size if train else eval_batch_size,
-            shuffle=train,
-            generator=generator,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            generator=generator if sampler is None else None,
             num_workers=num_workers,
         )
     return loaders
@@ -453,4 +539,8 @@ def describe(splits: dict[str, MMSASplit]) -> dict[str, Any]:
             counts = np.bincount(split.emotions[split.emotions >= 0], minlength=len(EMOTIONS))
             out[name]["emotions"] = dict(zip(EMOTIONS, counts.tolist()))
             out[name]["with_sentiment"] = int(labels.size)
+        if split.source is not None and split.sources:
+            counts = np.bincount(split.source, minlength=len(split.sources)).tolist()
+            out[name]["sources"] = {src: {"n": n, "weight": w} for src, n, w in
+                                    zip(split.sources, counts, split.weights or (1.0,) * len(counts))}
     return out

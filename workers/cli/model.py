@@ -32,7 +32,7 @@ def _config(name: str | None, overrides: list[str] | None, default: str = "mosi_
 
 # -- train ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmd_model.training.data import load_mmsa
+    from dmd_model.training.data import DataError, load_mmsa, merge_mmsa, parse_data_sources
     from dmd_model.training.metrics import format_metrics
     from dmd_model.training.synthetic import write_synthetic_mmsa
     from dmd_model.training.train import train
@@ -56,15 +56,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         profile = {"name": "synthetic", "text": "generated", "audio": "generated", "visual": "generated",
                    "live": False}
     else:
-        data_path = Path(args.data or cfg.data.path)
-        if not str(data_path) or not data_path.is_file():
-            print(f"dmd train: data file {str(data_path)!r} not found: give --data PATH to an MMSA pickle "
-                  "(aligned_50.pkl / unaligned_50.pkl) or use --synthetic", file=sys.stderr)
+        specs = args.data or ([cfg.data.path] if cfg.data.path else [])
+        try:
+            sources = parse_data_sources(specs)
+        except DataError as exc:
+            print(f"dmd train: {exc}", file=sys.stderr)
             return 2
-        data_desc = {"path": str(data_path)}
+        for _, path, _ in sources:
+            if not str(path) or not path.is_file():
+                print(f"dmd train: data file {str(path)!r} not found: give --data PATH to an MMSA pickle "
+                      "(aligned_50.pkl / unaligned_50.pkl, or one written by dmd extract) or use --synthetic",
+                      file=sys.stderr)
+                return 2
+        if not sources:
+            print("dmd train: no data: give --data PATH to an MMSA pickle or use --synthetic", file=sys.stderr)
+            return 2
+        data_desc = {"path": " + ".join(str(p) for _, p, _ in sources)}
+        if len(sources) > 1 or sources[0][2] != 1.0:
+            data_desc["mixed"] = [{"name": n, "path": str(p), "weight": w} for n, p, w in sources]
         profile = None  # the MMSA profile, unless the pickle says otherwise (below)
-    splits = load_mmsa(data_path, use_bert=cfg.model.use_bert, feature_dims=cfg.model.feature_dims,
-                       seq_lens=cfg.model.seq_lens)
+    if args.synthetic:
+        splits = load_mmsa(data_path, use_bert=cfg.model.use_bert, feature_dims=cfg.model.feature_dims,
+                           seq_lens=cfg.model.seq_lens)
+    else:
+        splits = merge_mmsa([(name, load_mmsa(path, use_bert=cfg.model.use_bert, feature_dims=cfg.model.feature_dims,
+                                              seq_lens=cfg.model.seq_lens), weight)
+                             for name, path, weight in sources])
     modalities = None
     if not args.synthetic:
         # a pickle written by `dmd extract` records its feature profile and the modalities it holds;
@@ -206,7 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the model's commands to the `dmd` parser."""
     p = sub.add_parser("train", help="train DMD on an MMSA-format pickle (several seeds, mean +- std)")
     p.add_argument("--config", help="YAML file or shipped name (mosi_aligned, mosei_unaligned, synthetic, ...)")
-    p.add_argument("--data", help="MMSA pickle (default: data.path of the configuration)")
+    p.add_argument("--data", nargs="+", metavar="[NAME=]PATH[@WEIGHT]",
+                   help="MMSA pickle(s) (default: data.path of the configuration); several are trained on together "
+                   "(mixed corpora, one feature profile), each sample drawn with its pickle's WEIGHT (default 1)")
     p.add_argument("--synthetic", action="store_true", help="train on a generated MMSA-format sample")
     p.add_argument("--out", help="output folder (default runs/<name>)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: train.seeds of the configuration)")
