@@ -196,8 +196,14 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 or bf16 (autocast)
     num_workers: int = 0
     eval_batch_size: int = 64
+    # Mixed corpora drawn by weight (`dmd train --data A B@W`): draws per epoch (0: as many as there
+    # are training samples). Fewer draws make an epoch, and so validation and early stopping, come
+    # more often on large mixtures.
+    epoch_samples: int = 0
 
     def validate(self) -> None:
+        if self.epoch_samples < 0:
+            raise ConfigError(f"train.epoch_samples = {self.epoch_samples}: use 0 (every sample) or a positive count")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError(f"train.batch_size = {self.batch_size}: must be at least 1")
         if self.update_epochs < 1:

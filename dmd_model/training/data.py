@@ -488,10 +488,13 @@ def make_loaders(
     eval_batch_size: int | None = None,
     num_workers: int = 0,
     seed: int = 0,
+    epoch_samples: int = 0,
 ) -> dict[str, DataLoader]:
     """One DataLoader per split: `train` shuffled by a generator seeded with `seed` (the same seed
     gives the same order, whatever else used the global RNG), the others in file order with
-    `eval_batch_size` (default `batch_size`). The last, smaller batch is kept, as officially."""
+    `eval_batch_size` (default `batch_size`). The last, smaller batch is kept, as officially.
+    A mixed train split (`merge_mmsa` with weights) is drawn by weight, `epoch_samples` draws per
+    epoch (0: as many as it has samples)."""
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size}: must be at least 1 (train.batch_size)")
     eval_batch_size = eval_batch_size or batch_size
@@ -503,7 +506,7 @@ def make_loaders(
         if train and split.weights is not None and split.source is not None:
             # mixed corpora: each sample drawn with its source's weight, as many draws per epoch as samples
             per_sample = torch.as_tensor(np.asarray(split.weights, np.float64)[split.source])
-            sampler = WeightedRandomSampler(per_sample, num_samples=len(split), replacement=True,
+            sampler = WeightedRandomSampler(per_sample, num_samples=epoch_samples or len(split), replacement=True,
                                             generator=generator)
         loaders[name] = DataLoader(
             MMSADataset(split),

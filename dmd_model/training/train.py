@@ -336,7 +336,7 @@ def train(cfg: DMDConfig, splits: dict[str, MMSASplit], *, out_dir: str | Path |
         set_seed(seed, cfg.train.deterministic)
         model = DMD(cfg.model)
         loaders = make_loaders(splits, cfg.train.batch_size, eval_batch_size=cfg.train.batch_size,
-                               num_workers=cfg.train.num_workers, seed=seed)
+                               num_workers=cfg.train.num_workers, seed=seed, epoch_samples=cfg.train.epoch_samples)
         run_dir = out / f"seed_{seed}" if out is not None else None
         runs.append(trainer.fit(model, loaders, seed=seed, out_dir=run_dir, data_info=info, profile=profile,
                                 modalities=modalities))
