@@ -3,7 +3,7 @@
 - `keys`: key names (`dmd:{sid}:audio`, ..., `dmd:windows`, `dmd:dead`) and session ids
 - `messages`, `codec`: the messages on the streams, msgpack with numpy arrays, validation
 - `window`: the session clock, windows, `WindowPlanner`, watermarks
-- `estimate`: the public estimate (JSON, schema 1), its validation, the EMA
+- `estimate`: the public estimate (JSON, schema 2), its validation, the EMA
 - `connection`: Redis URLs, clients, backoff
 - `session`: a session's streams (ids in session time, reading a span back, retention)
 - `lifecycle`: a session's start and end events, and an ASR worker's hold on a session

@@ -7,10 +7,12 @@ transaction over the session's keys (all in the session's hash slot):
 WATCH dmd:{sid}:published:{k} dmd:{sid}:state
 EXISTS dmd:{sid}:published:{k}           -> 1: another worker published window k; stop
 HGETALL dmd:{sid}:state                   -> the EMA: last window folded in, its smoothed value
-    (the worker computes the smoothed value and the JSON, and validates it)
+                                             and smoothed emotions
+    (the worker computes the smoothed values and the JSON, and validates it)
 MULTI
   SET dmd:{sid}:published:{k} 1 EX ttl
-  HSET dmd:{sid}:state window k smoothed s          (not for a late window)
+  HSET dmd:{sid}:state window k smoothed s emotions [p1, ..., p7]   (not for a late window;
+                                             HDEL emotions instead for a window without them)
   XADD dmd:{sid}:estimates MAXLEN ~ N * estimate <json>
   PUBLISH dmd:est:{sid} <json>
   EXPIRE dmd:{sid}:estimates ttl, EXPIRE dmd:{sid}:state ttl   (the caller knows the session ended)
@@ -27,7 +29,9 @@ Why this shape:
   flight (`max_deliveries` x `claim_idle`), so markers do not pile up.
 - The EMA is a read-modify-write on `dmd:{sid}:state`, done inside the same transaction: any worker
   can continue any session, and two windows of one session published at the same time are folded in
-  one after the other (the loser retries with the winner's state).
+  one after the other (the loser retries with the winner's state). The emotions' EMA lives beside
+  the sentiment's, in the same hash (a JSON list in `EMOTIONS` order), folded by the same rule
+  (`ema_update_emotions`); a state written before emotions existed simply has none.
 - WATCH rather than a Lua script, so the JSON (with its `smoothed`) is built and validated in Python
   by the same code that a subscriber's reader uses; a script would have to edit JSON in Lua.
 - XADD and PUBLISH in one MULTI: a subscriber and a history reader see the same estimates.
@@ -48,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -55,8 +60,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from dmd_types import EMOTIONS
+
 from .codec import MessageError
-from .estimate import EmaState, Estimate, ema_update
+from .estimate import EmaState, Estimate, check_probabilities, ema_update, ema_update_emotions
 from .keys import PREFIX, SessionKeys, estimate_channel
 
 ESTIMATE_FIELD = "estimate"
@@ -102,12 +109,17 @@ class EstimatePublisher:
                         return Publication(published=False)
                     state = _state_from_hash(await pipe.hgetall(keys.state), keys.state)
                     new_state, smoothed = ema_update(state, estimate.window, estimate.sentiment, self.alpha)
-                    final = estimate.with_smoothed(smoothed)
+                    own = estimate.window_emotions
+                    emotions = ema_update_emotions(state, estimate.window,
+                                                   None if own is None else [own[e] for e in EMOTIONS], self.alpha)
+                    final = estimate.with_smoothed(smoothed, emotions)
                     text = final.to_json()  # validates: a malformed estimate raises MessageError here
                     pipe.multi()
                     pipe.set(marker, b"1", ex=self.marker_ttl_s)
                     if new_state is not None:
-                        pipe.hset(keys.state, mapping={"window": new_state.window, "smoothed": repr(new_state.value)})
+                        pipe.hset(keys.state, mapping=_state_to_hash(new_state, emotions))
+                        if emotions is None:
+                            pipe.hdel(keys.state, "emotions")
                     pipe.xadd(keys.estimates, {ESTIMATE_FIELD: text}, maxlen=self.estimates_maxlen, approximate=True)
                     pipe.publish(keys.channel, text)
                     if expire_s:
@@ -133,12 +145,25 @@ class EstimatePublisher:
                            f"{self.max_attempts} transactions in a row lost to other publishers of this session")
 
 
+def _state_to_hash(state: EmaState, emotions: tuple[float, ...] | None) -> dict[str, str | int]:
+    mapping: dict[str, str | int] = {"window": state.window, "smoothed": repr(state.value)}
+    if emotions is not None:
+        mapping["emotions"] = json.dumps(emotions, allow_nan=False)
+    return mapping
+
+
 def _state_from_hash(raw: dict, key: str) -> EmaState | None:
     if not raw:
         return None
     try:
-        return EmaState(window=int(raw[b"window"]), value=float(raw[b"smoothed"]))
-    except (KeyError, ValueError) as exc:
+        emotions = None
+        if b"emotions" in raw:
+            emotions = check_probabilities(json.loads(raw[b"emotions"]), "emotions")
+        value = float(raw[b"smoothed"])
+        if not math.isfinite(value):
+            raise ValueError(f"smoothed = {value}")
+        return EmaState(window=int(raw[b"window"]), value=value, emotions=emotions)
+    except (KeyError, ValueError, TypeError, MessageError) as exc:
         raise MessageError(f"EMA state {raw!r} is unreadable ({exc}): delete {key} to start the EMA again") from None
 
 

@@ -339,7 +339,7 @@ def all_published(r, session: str, expected: int | None = None) -> bool:
 def check_estimates(found: list[dict[str, Any]], windows: Iterable[int], *, session: str | None = None,
                     in_order: bool = True, latency: bool = True) -> None:
     """Exactly one estimate per window of `windows` (in window order if `in_order`), each valid
-    against the contract (schema 1), every number finite, with its latency parts."""
+    against the contract (schema 2), every number finite, with its latency parts."""
     from stream.estimate import validate_estimate
 
     windows = sorted(windows)
@@ -352,7 +352,7 @@ def check_estimates(found: list[dict[str, Any]], windows: Iterable[int], *, sess
         validate_estimate(e)
         if session is not None:
             assert e["session"] == session
-        assert e["schema"] == 1 and -3 <= e["sentiment"] <= 3 and -3 <= e["smoothed"] <= 3
+        assert e["schema"] == 2 and -3 <= e["sentiment"] <= 3 and -3 <= e["smoothed"] <= 3
         assert all(math.isfinite(v) for v in _numbers(e)), e
         if latency:
             missing = [k for k in LATENCY_PARTS if k not in e["latency_ms"]]

@@ -9,7 +9,7 @@ import math
 
 import pytest
 from redis_fixtures import eventually
-from test_stream_estimate import make_estimate
+from test_stream_estimate import HAPPY, SAD, make_estimate
 
 from stream.codec import MessageError
 from stream.connection import connect
@@ -127,6 +127,59 @@ def test_concurrent_windows_of_one_session_are_all_folded_into_the_ema(redis_url
         assert state.window == 25 and state.value == pytest.approx(1.0)
         for c in clients:
             await c.aclose()
+
+    asyncio.run(main())
+
+
+def test_emotions_are_smoothed_beside_the_sentiment_in_window_order_by_any_worker(redis_url: str) -> None:
+    async def main() -> None:
+        clients = [connect(redis_url) for _ in range(2)]
+        workers = [EstimatePublisher(c, alpha=0.5) for c in clients]
+        a = await workers[0].publish(make_estimate(window=6, emotions=HAPPY))
+        assert a.estimate.emotions == pytest.approx(dict(zip(a.estimate.emotions, HAPPY)))
+        assert a.estimate.emotion == "happy"
+        c = await workers[1].publish(make_estimate(window=8, emotions=SAD))  # two hops: the old keeps 0.25
+        want = [0.25 * h + 0.75 * s for h, s in zip(HAPPY, SAD)]
+        assert list(c.estimate.emotions.values()) == pytest.approx(want) and c.estimate.emotion == "sad"
+        b = await workers[0].publish(make_estimate(window=7, emotions=HAPPY))  # late: published as it stands
+        assert b.late and list(b.estimate.emotions.values()) == pytest.approx(want)
+        state = await read_ema(clients[0], "alice")
+        assert state.window == 8 and state.emotions == pytest.approx(want)
+        assert math.fsum(state.emotions) == pytest.approx(1.0, abs=1e-12)
+        raw = json.loads((await clients[0].xrange("dmd:{alice}:estimates"))[-1][1][b"estimate"])
+        assert raw["schema"] == 2 and raw["emotion"] == "sad"
+        # a window without emotions (another checkpoint) publishes none and ends the emotions' EMA
+        d = await workers[1].publish(make_estimate(window=9))
+        assert d.estimate.emotions is None and (await read_ema(clients[0], "alice")).emotions is None
+        e = await workers[0].publish(make_estimate(window=10, emotions=HAPPY))
+        assert list(e.estimate.emotions.values()) == pytest.approx(HAPPY)
+        for r in clients:
+            await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_emotions_that_are_not_probabilities_are_not_published_nor_folded_in(redis_url: str) -> None:
+    async def main() -> None:
+        r = connect(redis_url)
+        pub = EstimatePublisher(r)
+        await pub.publish(make_estimate(window=6, emotions=HAPPY))
+        with pytest.raises(MessageError, match=r"emotions\.sad: nan is not finite"):
+            await pub.publish(make_estimate(window=7, emotions=(0.5, 0.5, math.nan, 0, 0, 0, 0)))
+        state = await read_ema(r, "alice")
+        assert state.window == 6 and state.emotions == pytest.approx(HAPPY)
+        await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_an_unreadable_emotions_state_is_refused_with_the_fix(redis_url: str) -> None:
+    async def main() -> None:
+        r = connect(redis_url)
+        await r.hset("dmd:{alice}:state", mapping={"window": 6, "smoothed": "0.5", "emotions": "[NaN, 1]"})
+        with pytest.raises(MessageError, match=r"unreadable .* delete dmd:\{alice\}:state to start the EMA again"):
+            await read_ema(r, "alice")
+        await r.aclose()
 
     asyncio.run(main())
 

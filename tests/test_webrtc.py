@@ -99,7 +99,7 @@ def test_aiortc_peer_sends_audio_and_video_and_gets_estimates_over_its_data_chan
     windows = [e["window"] for e in client.estimates]
     assert windows == sorted(windows) and len(set(windows)) == len(windows)
     for e in client.estimates:
-        assert e["schema"] == 1 and e["session"] == "aiortc-peer" and -3 <= e["sentiment"] <= 3
+        assert e["schema"] == 2 and e["session"] == "aiortc-peer" and -3 <= e["sentiment"] <= 3
         assert len(e["edges"]["homo"]) == 3 and len(e["edges"]["hetero"][0]) == 3
     assert any(e["modalities"]["audio"]["present"] for e in client.estimates)
     assert any(e["modalities"]["visual"]["present"] for e in client.estimates)  # the demo clip has a face
@@ -140,7 +140,7 @@ def test_chromium_sends_its_camera_and_the_page_fills_window_dmd_estimates(stack
         return estimates, overlay, ended
 
     estimates, overlay, ended = asyncio.run(run())
-    assert all(e["session"] == "chromium-page" and e["schema"] == 1 for e in estimates)
+    assert all(e["session"] == "chromium-page" and e["schema"] == 2 for e in estimates)
     assert [e["window"] for e in estimates] == sorted(e["window"] for e in estimates)
     assert any(e["modalities"]["audio"]["present"] for e in estimates)
     assert any(e["modalities"]["visual"]["present"] for e in estimates)

@@ -7,12 +7,13 @@ to serve more sessions. For each window notice it
    the ASR is catching up after an outage, at most `asr.catch_up_s`);
 2. reads the window's span back from the session's streams (acoustic frames, face frames, words);
 3. aligns them into the model's input (`dmd_model.features.align_window`, the same function that
-   made the training data), off the event loop;
+   made the training data, with the checkpoint's own feature profile: a live-v2 checkpoint gets
+   voice and face on fixed time slots, as it was trained), off the event loop;
 4. runs DMD on a micro-batch of windows from any sessions (up to `max_batch`, waiting at most
    `max_wait_ms` for a batch to fill), in `torch.inference_mode`, on CUDA with bf16 when present,
    in a thread of its own;
-5. publishes the estimate (stream + pub/sub, once per window, with the session's EMA) and only then
-   acknowledges the notice.
+5. publishes the estimate (stream + pub/sub, once per window, with the session's EMA of sentiment
+   and, for a checkpoint with an emotion head, of emotions) and only then acknowledges the notice.
 
 A notice or session entry that cannot be decoded goes to `dmd:dead` with its reason; any other
 failure leaves the notice pending, to be claimed again (by this or another worker) and dead-lettered
@@ -33,10 +34,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dmd_model.artefacts.predict import Predictor, sentiment_label
-from dmd_model.features import align_window
+from dmd_model.features import align_window, check_profile
 from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
 from dmd_model.features.text import PrecomputedTokens
-from dmd_types import Frames, Word
+from dmd_types import EMOTIONS, Frames, Word
 from dmd_types.words import confident_words
 from stream.codec import MessageError
 from stream.consumer import Delivery, GroupConsumer
@@ -80,6 +81,11 @@ def _blamed(what: str) -> Iterator[None]:
         raise MessageError(f"{what}: {exc.reason}") from None
 
 
+def _named(probabilities: list[float] | None) -> dict[str, float] | None:
+    """A prediction's emotion vector (`EMOTIONS` order) as the estimate's name -> probability."""
+    return None if probabilities is None else dict(zip(EMOTIONS, probabilities, strict=True))
+
+
 def _settle(job: _Job, error: BaseException | None) -> None:
     if job.published is not None and not job.published.done():
         if error is None:
@@ -98,6 +104,8 @@ class InferenceWorker:
                  min_confidence: float = AsrSettings.min_confidence) -> None:
         self.redis = redis
         self.predictor = predictor
+        # windows are aligned as the checkpoint's training data was (refused here if it cannot be)
+        self.profile = check_profile(predictor.checkpoint.profile)
         self.settings = settings or InferenceSettings()
         self.asr_grace_s = asr_grace_s
         self.asr_catch_up_s = asr_catch_up_s
@@ -132,9 +140,8 @@ class InferenceWorker:
         if self._text_encoder is None:
             from dmd_model.features import load_text_encoder
 
-            profile = self.predictor.checkpoint.profile
             self._text_encoder = await loop.run_in_executor(
-                self._prep_threads, load_text_encoder, profile.get("text_model", "all-MiniLM-L6-v2"))
+                self._prep_threads, load_text_encoder, self.profile.text_model)
         await self.consumer.ensure_group()
         batcher = asyncio.create_task(self._batch_loop(), name="dmd-infer-batcher")
         try:
@@ -264,7 +271,8 @@ class InferenceWorker:
 
     def _align_batch(self, jobs: list[_Job]) -> None:
         """Align a micro-batch of windows: their words go through the text encoder in one pass
-        (`encode_batch`), then each window through the same `align_window` as dataset extraction."""
+        (`encode_batch`), then each window through the same `align_window`, with the same profile, as
+        the checkpoint's training data."""
         encoder = self._text_encoder
         chosen = [[w.text for w in select_words(job.words, job.notice.t_start, job.notice.t_end)] for job in jobs]
         if hasattr(encoder, "encode_batch") and len(jobs) > 1:
@@ -274,7 +282,7 @@ class InferenceWorker:
             encoders = [encoder] * len(jobs)
         for job, enc in zip(jobs, encoders):
             job.window = align_window(job.words, job.audio, job.visual, job.notice.t_start, job.notice.t_end,
-                                      text_encoder=enc)
+                                      text_encoder=enc, profile=self.profile)
 
     # -- batching, the model, publishing ---------------------------------------------------------------
     async def _batch_loop(self) -> None:
@@ -329,9 +337,11 @@ class InferenceWorker:
         notice, window = job.notice, job.window
         assert window is not None
         trained = self.predictor.modalities
+        per_modality = prediction.modality_emotions or {}
         modalities = {
             m: ModalityResult(present=bool(window.present[m]) and m in trained,
-                              homo=float(prediction.homo[m]), hetero=float(prediction.hetero[m]))
+                              homo=float(prediction.homo[m]), hetero=float(prediction.hetero[m]),
+                              emotions=_named(per_modality.get(m)))
             for m in ("text", "audio", "visual")
         }
         latency = dict(job.latency)
@@ -349,6 +359,7 @@ class InferenceWorker:
             modalities=modalities, edges_homo=prediction.edges_homo, edges_hetero=prediction.edges_hetero,
             words=tuple(window.words), latency_ms={k: round(v, 3) for k, v in latency.items()},
             model=self.predictor.name, checkpoint=self.predictor.sha256[:16],
+            window_emotions=_named(prediction.emotions),
         )
         ended = isinstance(info.get("_ended_at"), (int, float))
         publication = await self.publisher.publish(estimate, expire_s=int(self.ended_ttl_s) if ended else None)
