@@ -1,5 +1,9 @@
 """The session timeline: sentiment over time with the recognised words under it, as a PNG (for a
 report) and a self-contained HTML page (an inline SVG, no network, no scripts needed to view it).
+
+When the estimates have emotions (a checkpoint with an emotion head), an emotion timeline sits below
+the sentiment one: the seven smoothed probabilities stacked (each window's column sums to 1), so the
+band that is widest at a time is the top emotion then. Without emotions there is no such panel.
 """
 
 from __future__ import annotations
@@ -10,14 +14,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dmd_types import EMOTIONS
+
 COLOURS = {"sentiment": "#4a7bd0", "smoothed": "#d0654a", "text": "#2e8b57", "audio": "#8a5cc2",
            "visual": "#c29a2e"}
+# one colour per emotion, the same as the web pages' (workers/web/static/common.js)
+EMOTION_COLOURS = {"neutral": "#9ca3af", "happy": "#f2b705", "sad": "#3b6fb6", "angry": "#d64545",
+                   "fearful": "#8a5cc2", "disgusted": "#2e8b57", "surprised": "#f08c2e"}
 
 
 def _points(estimates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = sorted(estimates, key=lambda e: (e["t_end"], e["window"]))
     return [{"t": e["t_end"], "sentiment": e["sentiment"], "smoothed": e["smoothed"], "label": e["label"],
+             "emotions": e.get("emotions"), "emotion": e.get("emotion"),
              "present": {m: e["modalities"][m]["present"] for m in ("text", "audio", "visual")}} for e in rows]
+
+
+def _emotion_points(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points that have emotions (all of them, or none: a checkpoint has an emotion head or not)."""
+    return [p for p in points if p["emotions"]]
 
 
 def _words(estimates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,8 +59,18 @@ def write_png(estimates: Sequence[dict[str, Any]], path: str | Path, title: str 
 
     points = _points(estimates)
     words = _words(estimates)
-    fig, (ax, ax_words) = plt.subplots(2, 1, figsize=(11, 4.6), sharex=True,
-                                       gridspec_kw={"height_ratios": [4, 1]})
+    felt = _emotion_points(points)
+    if felt:
+        fig, (ax, ax_emotions, ax_words) = plt.subplots(3, 1, figsize=(11, 6.6), sharex=True,
+                                                        gridspec_kw={"height_ratios": [4, 2.6, 1]})
+        ax_emotions.stackplot([p["t"] for p in felt], [[p["emotions"][k] for p in felt] for k in EMOTIONS],
+                              labels=EMOTIONS, colors=[EMOTION_COLOURS[k] for k in EMOTIONS], alpha=0.9)
+        ax_emotions.set_ylim(0, 1)
+        ax_emotions.set_ylabel("emotions (EMA)")
+        ax_emotions.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    else:
+        fig, (ax, ax_words) = plt.subplots(2, 1, figsize=(11, 4.6), sharex=True,
+                                           gridspec_kw={"height_ratios": [4, 1]})
     t = [p["t"] for p in points]
     ax.axhspan(-0.5, 0.5, color="#eeeeee", zorder=0)
     ax.plot(t, [p["sentiment"] for p in points], "o-", color=COLOURS["sentiment"], ms=3, lw=1, label="sentiment")
@@ -101,6 +126,8 @@ def write_html(estimates: Sequence[dict[str, Any]], path: str | Path, title: str
            f'height="{y(-0.5) - y(0.5):.1f}" class="neutral"/>'
            f'{grid}{ticks}<path d="{path_of("sentiment")}" class="raw"/><path d="{path_of("smoothed")}" class="ema"/>'
            f'{dots}{word_marks}</svg>')
+    felt = _emotion_points(points)
+    emotions_section = _emotions_svg(felt, x, width, pad) if felt else ""
     data = json.dumps({"points": points, "words": words}, separators=(",", ":"))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -116,6 +143,7 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 <span style="color:{COLOURS["smoothed"]}">&#9644; smoothed (EMA)</span>
 <span>grey band: neutral</span></p>
 {svg}
+{emotions_section}
 <p>{len(points)} windows, {len(words)} words. Sentiment is DMD's fused prediction in [-3, 3]
 (negative .. positive), one per window.</p>
 <script type="application/json" id="dmd-timeline">{data}</script>
@@ -125,3 +153,32 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _emotions_svg(points: Sequence[dict[str, Any]], x: Any, width: int, pad: int) -> str:
+    """The emotion timeline: the seven smoothed probabilities stacked per window end (an area per
+    emotion, neutral at the bottom), a legend, and the top emotion of each window as a tooltip."""
+    height = 150
+
+    def y(v: float) -> float:
+        return 10 + (height - 20) * (1 - v)
+
+    below = [0.0] * len(points)
+    areas = []
+    for k in EMOTIONS:
+        above = [b + p["emotions"][k] for b, p in zip(below, points)]
+        top = [f"{x(p['t']):.1f},{y(v):.1f}" for p, v in zip(points, above)]
+        bottom = [f"{x(p['t']):.1f},{y(v):.1f}" for p, v in zip(reversed(points), reversed(below))]
+        areas.append(f'<polygon points="{" ".join(top + bottom)}" fill="{EMOTION_COLOURS[k]}" class="emotion">'
+                     f"<title>{k}</title></polygon>")
+        below = above
+    marks = "".join(f'<rect x="{x(p["t"]) - 1:.1f}" y="{height - 9}" width="2" height="8" '
+                    f'fill="{EMOTION_COLOURS.get(p["emotion"], "#000")}"><title>{p["t"]:.1f}s: {p["emotion"]} '
+                    f'{p["emotions"][p["emotion"]]:.0%}</title></rect>' for p in points if p["emotion"] in EMOTIONS)
+    legend = "".join(f'<span style="color:{EMOTION_COLOURS[k]}">&#9632; {k}</span>' for k in EMOTIONS)
+    axis = "".join(f'<text x="{pad - 6}" y="{y(v) + 4:.1f}" class="axis" text-anchor="end">{v:g}</text>'
+                   for v in (0, 0.5, 1))
+    return (f'<h2 class="emotions-title">Emotions (moving average; a band\'s height is its probability)</h2>'
+            f'<p class="legend emotions-legend">{legend}</p>'
+            f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="emotion timeline" '
+            f'class="emotion-timeline">{axis}{"".join(areas)}{marks}</svg>')

@@ -1,8 +1,9 @@
 """`dmd watch`: the estimates of one or all sessions as they are published.
 
-A terminal view (one row per session: sentiment bar, smoothed value, label, which modalities are
-present, the latest words, latency), or with `--json` one JSON estimate per line on standard output,
-for piping. On start it shows the recent history from the sessions' estimates streams, so a view
+A terminal view (one row per session: sentiment bar, smoothed value, label, the most probable
+emotion with its smoothed probability ("-" for a checkpoint without an emotion head), which
+modalities are present, the latest words, latency), or with `--json` one JSON estimate per line on
+standard output, for piping. On start it shows the recent history from the sessions' estimates streams, so a view
 opened late is not empty; after Redis went away and came back it shows what it missed the same way.
 """
 
@@ -37,6 +38,13 @@ def sentiment_bar(value: float, width: int = BAR_WIDTH) -> str:
     cells[centre] = "|"
     cells[pos] = "#"
     return "".join(cells)
+
+
+def top_emotion(estimate: Estimate) -> str:
+    """The most probable (smoothed) emotion and its probability, `happy 62%`; `-` without emotions."""
+    if estimate.emotions is None or estimate.emotion is None:
+        return "-"
+    return f"{estimate.emotion} {estimate.emotions[estimate.emotion]:.0%}"
 
 
 async def recent_history(redis: aioredis.Redis, session: str | None, count: int = 20) -> list[Estimate]:
@@ -93,21 +101,22 @@ class TerminalView:
         total = e.latency_ms.get("notice_to_publish")
         latency = f"{total:5.0f} ms" if total is not None else ""
         return (f"{e.session:<12} {e.t_end:7.1f}s {sentiment_bar(e.sentiment)} {e.sentiment:+.2f} "
-                f"ema {e.smoothed:+.2f} {e.label:<8} [{present}] {latency}  {words}")
+                f"ema {e.smoothed:+.2f} {e.label:<8} {top_emotion(e):<14} [{present}] {latency}  {words}")
 
     def _table(self) -> Any:
         from rich.table import Table
 
         table = Table(title=f"Live DMD: {len(self.rows)} session(s), {self.count} estimates",
                       caption="sentiment -3 (negative) .. +3 (positive); present: T text, A audio, V visual")
-        for name in ("session", "time", "sentiment", "value", "smoothed", "label", "present", "latency", "words"):
+        for name in ("session", "time", "sentiment", "value", "smoothed", "label", "emotion", "present", "latency",
+                     "words"):
             table.add_column(name, no_wrap=name != "words")
         for e in self.rows.values():
             colour = {"negative": "red", "neutral": "white", "positive": "green"}[e.label]
             present = "".join(m[0].upper() if e.modalities[m].present else "." for m in ("text", "audio", "visual"))
             total = e.latency_ms.get("notice_to_publish")
             table.add_row(e.session, f"{e.t_end:.1f}s", sentiment_bar(e.sentiment), f"{e.sentiment:+.2f}",
-                          f"{e.smoothed:+.2f}", f"[{colour}]{e.label}[/{colour}]", present,
+                          f"{e.smoothed:+.2f}", f"[{colour}]{e.label}[/{colour}]", top_emotion(e), present,
                           f"{total:.0f} ms" if total is not None else "-",
                           " ".join(w.text for w in e.words)[-48:])
         return table
