@@ -1,13 +1,15 @@
 """The live dashboard of `dmd serve`: its event stream (history from the estimates streams, then
 live from Redis pub/sub) and the page in a headless Chromium, with one session that has ended and
-one that is live. A screenshot of the page goes to $DMD_SCREENSHOTS (default: the test's
-temporary folder)."""
+one that is live, served by a checkpoint without an emotion head (no emotions shown), and one whose
+estimates carry emotions (top emotion, per-modality bars, emotion timeline). Screenshots of the page
+go to $DMD_SCREENSHOTS (default: the test's temporary folder)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -94,7 +96,10 @@ def test_dashboard_opened_late_shows_the_history_then_live_estimates_of_every_se
                         cells: c.querySelectorAll('.heatmap-grid .cell').length,
                         rows: c.querySelectorAll('.modalities-table tbody tr').length,
                         latency: c.querySelector('.latency').textContent,
-                        label: c.querySelector('.now-label').textContent}))})""")
+                        label: c.querySelector('.now-label').textContent,
+                        emotion: c.querySelector('.now-emotion').textContent,
+                        emotionTimeline: !c.querySelector('.emotion-timeline').hidden,
+                        bars: c.querySelectorAll('.emotion-row').length}))})""")
         finally:
             await live.close()
         return events, estimates, json.loads(page), live.session
@@ -124,7 +129,52 @@ def test_dashboard_opened_late_shows_the_history_then_live_estimates_of_every_se
         assert card["cells"] == 18  # two 3x3 heat maps
         assert card["rows"] == 3  # text, audio, visual
         assert "latency (ms)" in card["latency"] and card["label"] in ("negative", "neutral", "positive")
+        # a checkpoint without an emotion head: its estimates' emotions are null, nothing is shown
+        assert card["emotion"] == "" and not card["emotionTimeline"] and card["bars"] == 0
+    assert all(e["emotions"] is None and e["emotion"] is None for e in estimates)
     assert (screenshots_dir(tmp_path) / "dashboard.png").stat().st_size > 10_000
+
+
+def test_dashboard_shows_the_top_emotion_each_modalitys_bars_and_an_emotion_timeline(stack, tmp_path) -> None:
+    import redis.asyncio as aioredis
+    from test_stream_estimate import HAPPY, SAD, make_estimate
+
+    from stream.publish import EstimatePublisher
+
+    async def run() -> dict:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        publisher = EstimatePublisher(client, alpha=0.5)
+        for k in range(6, 26):  # happy, then sad: the smoothed top emotion turns to sad
+            await publisher.publish(make_estimate(window=k, session="feelings", emotions=HAPPY if k < 12 else SAD))
+        await client.aclose()
+        async with Chromium(tmp_path) as browser:
+            await browser.goto(f"{stack.url}/dashboard?token={TOKEN}")
+            await browser.wait_for("window.dmd.state === 'live' && window.dmd.sessions.feelings && "
+                                   "window.dmd.sessions.feelings.estimates.length === 20", 20)
+            await browser.wait_for("document.querySelector('#session-feelings .emotion-row') !== null", 10)
+            await asyncio.sleep(0.3)
+            await browser.screenshot(screenshots_dir(tmp_path) / "dashboard-emotions.png")
+            return json.loads(await browser.evaluate("""(() => {
+                const c = document.getElementById('session-feelings');
+                const canvas = c.querySelector('.emotion-timeline');
+                const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                let drawn = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) drawn++;
+                const voice = c.querySelector('.modality-emotions .emotion-bars:nth-child(2)');
+                const bar = voice.querySelector('.emotion-row[data-emotion=sad]');
+                return JSON.stringify({
+                    emotion: c.querySelector('.now-emotion').textContent, drawn,
+                    timeline: !canvas.hidden, rows: c.querySelectorAll('.emotion-row').length,
+                    titles: [...c.querySelectorAll('.emotion-bars-title')].map(n => n.textContent),
+                    voiceSad: bar.querySelector('.emotion-p').textContent,
+                    last: window.dmd.sessions.feelings.estimates[19]});
+            })()"""))
+
+    page = asyncio.run(run())
+    last = page["last"]
+    assert last["emotion"] == "sad" and page["emotion"] == f"sad {math.floor(last['emotions']['sad'] * 100 + 0.5)}%"
+    assert page["timeline"] and page["drawn"] > 1000
+    assert page["titles"] == ["text", "voice", "face"] and page["rows"] == 21
+    assert page["voiceSad"] == "70%"  # the window's own unimodal probabilities, not smoothed
 
 
 def test_dashboard_page_refuses_a_wrong_token(stack, tmp_path) -> None:

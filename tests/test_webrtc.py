@@ -1,6 +1,7 @@
 """`dmd serve` end to end: a real Redis, the real web app and workers in their own process, WebRTC
 peers from aiortc (in this process) and from a headless Chromium (fake camera and microphone playing
-files cut from the bundled demo clip).
+files cut from the bundled demo clip). The checkpoint has an emotion head, so the estimates carry
+emotions and the session page shows them (the dashboard's tests serve one without).
 
 Screenshots of the session page and of the refused-camera page go to $DMD_SCREENSHOTS (default:
 the test's temporary folder)."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProcess, RedisServer]]:
-    """A redis-server of this module's own and `dmd serve` (web app + inference worker, no ASR) on it."""
+    """A redis-server of this module's own and `dmd serve` (web app + inference worker, no ASR) on it,
+    serving a checkpoint with an emotion head."""
     folder = tmp_path_factory.mktemp("webrtc")
     redis = RedisServer(folder / "redis")
     redis.start()
     try:
-        with running_serve(redis.url, make_checkpoint(folder / "live_test.pt"), folder / "serve.log") as server:
+        checkpoint = make_checkpoint(folder / "live_test.pt", emotion_classes=7)
+        with running_serve(redis.url, checkpoint, folder / "serve.log") as server:
             yield server, redis
     finally:
         redis.stop()
@@ -101,6 +105,8 @@ def test_aiortc_peer_sends_audio_and_video_and_gets_estimates_over_its_data_chan
     for e in client.estimates:
         assert e["schema"] == 2 and e["session"] == "aiortc-peer" and -3 <= e["sentiment"] <= 3
         assert len(e["edges"]["homo"]) == 3 and len(e["edges"]["hetero"][0]) == 3
+        assert abs(sum(e["emotions"].values()) - 1) < 1e-6 and e["emotion"] in e["emotions"]
+        assert all(abs(sum(e["modalities"][m]["emotions"].values()) - 1) < 1e-6 for m in e["modalities"])
     assert any(e["modalities"]["audio"]["present"] for e in client.estimates)
     assert any(e["modalities"]["visual"]["present"] for e in client.estimates)  # the demo clip has a face
     ages = [m["age_ms"] for m in client.messages if m["type"] == "estimate"]
@@ -134,18 +140,33 @@ def test_chromium_sends_its_camera_and_the_page_fills_window_dmd_estimates(stack
             estimates = await browser.evaluate("window.dmd.estimates")
             overlay = await browser.evaluate("document.getElementById('label').textContent + '|' + "
                                              "document.querySelectorAll('#modalities .present').length")
+            emotions = await browser.evaluate("""JSON.stringify({
+                top: document.getElementById('emotion').textContent,
+                last: window.dmd.estimates[window.dmd.estimates.length - 1],
+                panel: !document.getElementById('emotions').hidden,
+                titles: [...document.querySelectorAll('#modality-emotions .emotion-bars-title')]
+                    .map(n => n.textContent),
+                rows: document.querySelectorAll('#modality-emotions .emotion-row').length,
+                drawn: (() => { const c = document.getElementById('emotion-timeline');
+                                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                                let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()})""")
             await browser.evaluate("document.getElementById('stop').click()")  # the page leaves
             await browser.wait_for("window.dmd.state === 'ended'", 10)
             ended = await _until_ended(server.url, "chromium-page")
-        return estimates, overlay, ended
+        return estimates, overlay, json.loads(emotions), ended
 
-    estimates, overlay, ended = asyncio.run(run())
+    estimates, overlay, emotions, ended = asyncio.run(run())
     assert all(e["session"] == "chromium-page" and e["schema"] == 2 for e in estimates)
     assert [e["window"] for e in estimates] == sorted(e["window"] for e in estimates)
     assert any(e["modalities"]["audio"]["present"] for e in estimates)
     assert any(e["modalities"]["visual"]["present"] for e in estimates)
     label, present = overlay.split("|")
     assert label in ("negative", "neutral", "positive") and int(present) >= 1
+    # the top emotion beside the label, each modality's bars, the emotion timeline drawn
+    last = emotions["last"]
+    assert emotions["top"] == f"{last['emotion']} {math.floor(last['emotions'][last['emotion']] * 100 + 0.5)}%"
+    assert emotions["panel"] and emotions["titles"] == ["text", "voice", "face"] and emotions["rows"] == 21
+    assert emotions["drawn"] > 1000
     assert ended["reason"] in ("the page said bye", "the data channel closed", "the connection closed")
     assert (screenshots_dir(tmp_path) / "session.png").stat().st_size > 10_000
 

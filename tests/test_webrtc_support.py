@@ -48,8 +48,9 @@ def screenshots_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def make_checkpoint(path: Path) -> Path:
-    """A small random live-profile checkpoint (the pipeline runs on it; its numbers mean nothing)."""
+def make_checkpoint(path: Path, emotion_classes: int = 0) -> Path:
+    """A small random live-profile checkpoint (the pipeline runs on it; its numbers mean nothing);
+    `emotion_classes` 7: with an emotion head, so its estimates carry emotions."""
     import dmd_model.features
     from dmd_model.artefacts.checkpoint import save_checkpoint
     from dmd_model.config import DMDConfig
@@ -57,7 +58,8 @@ def make_checkpoint(path: Path) -> Path:
 
     cfg = DMDConfig.from_dict({"name": "live_test", "model": {"feature_dims": [384, 25, 55],
                                                               "seq_lens": [50, 50, 50], "d_model": 16,
-                                                              "num_heads": 4, "layers": 1}})
+                                                              "num_heads": 4, "layers": 1,
+                                                              "emotion_classes": emotion_classes}})
     return save_checkpoint(path, DMD(cfg.model), cfg, profile=dmd_model.features.PROFILE.describe())
 
 
@@ -102,6 +104,7 @@ class ServeProcess:
                  extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.url = ""
+        self.redis_url = redis_url
         redis = ["--redis", redis_url] if redis_url else []  # none: an embedded Redis
         cmd = [sys.executable, "-m", "workers.cli", "serve", "--port", "0", *redis, "--checkpoint", str(checkpoint),
                "--asr", "none", "--token", token, *(extra or [])]

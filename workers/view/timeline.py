@@ -137,6 +137,7 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 .neutral {{ fill: #f3f3f3; }} .raw {{ fill: none; stroke: {COLOURS["sentiment"]}; stroke-width: 1.2; }}
 .ema {{ fill: none; stroke: {COLOURS["smoothed"]}; stroke-width: 2.5; }} .dot {{ fill: {COLOURS["sentiment"]}; }}
 .word {{ font-size: 11px; fill: #333; }} .legend span {{ margin-right: 16px; }}
+.emotions-title {{ font-size: 16px; margin: 24px 0 4px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="legend"><span style="color:{COLOURS["sentiment"]}">&#9679; sentiment per window</span>

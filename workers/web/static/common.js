@@ -1,4 +1,4 @@
-// Shared by the session page and the dashboard: the token, API calls, drawing.
+// Shared by the session page and the dashboard: the token, API calls, drawing (sentiment and emotions).
 "use strict";
 
 const DMD = (() => {
@@ -7,6 +7,10 @@ const DMD = (() => {
   const MODALITIES = ["text", "audio", "visual"];
   const SHORT = { text: "T", audio: "A", visual: "V" };
   const COLOURS = { negative: "#d64545", neutral: "#8a8f98", positive: "#2f9e5b" };
+  // dmd_types.EMOTIONS, in its order, and one colour each (the same as workers/view/timeline.py)
+  const EMOTIONS = ["neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised"];
+  const EMOTION_COLOURS = { neutral: "#9ca3af", happy: "#f2b705", sad: "#3b6fb6", angry: "#d64545",
+    fearful: "#8a5cc2", disgusted: "#2e8b57", surprised: "#f08c2e" };
 
   class ApiError extends Error {
     constructor(status, message) { super(message); this.status = status; }
@@ -47,21 +51,33 @@ const DMD = (() => {
     return (value >= 0 ? "+" : "") + value.toFixed(digits);
   }
 
-  // The sentiment (dots) and its EMA (line) of a list of estimates against their window ends.
-  function drawTimeline(canvas, estimates, spanSeconds = 60) {
+  // A canvas at the screen's pixel ratio, cleared: its context and its size in CSS pixels.
+  function prepare(canvas) {
     const ratio = window.devicePixelRatio || 1;
     const w = canvas.clientWidth || canvas.width, h = canvas.clientHeight || canvas.height;
     if (canvas.width !== Math.round(w * ratio)) { canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio); }
     const g = canvas.getContext("2d");
     g.setTransform(ratio, 0, 0, ratio, 0, 0);
     g.clearRect(0, 0, w, h);
-    const pad = { l: 28, r: 6, t: 6, b: 16 };
-    const plotW = w - pad.l - pad.r, plotH = h - pad.t - pad.b;
-    // the last `spanSeconds` at most; a young session fills the width from its first estimate
+    return { g, w, h };
+  }
+
+  // The time axis of a timeline: the last `spanSeconds` at most; a young session fills the width
+  // from its first estimate.
+  function timeAxis(estimates, spanSeconds) {
     const tFirst = estimates.length ? estimates[0].t_end : 0;
     const tEnd = estimates.length ? estimates[estimates.length - 1].t_end : 0;
     const span = Math.min(spanSeconds, Math.max(10, tEnd - tFirst + 2));
-    const t0 = Math.max(0, Math.min(tFirst - 1, tEnd - span)), t1 = t0 + Math.max(span, tEnd - t0 + 1);
+    const t0 = Math.max(0, Math.min(tFirst - 1, tEnd - span));
+    return { t0, t1: t0 + Math.max(span, tEnd - t0 + 1) };
+  }
+
+  // The sentiment (dots) and its EMA (line) of a list of estimates against their window ends.
+  function drawTimeline(canvas, estimates, spanSeconds = 60) {
+    const { g, w, h } = prepare(canvas);
+    const pad = { l: 28, r: 6, t: 6, b: 16 };
+    const plotW = w - pad.l - pad.r, plotH = h - pad.t - pad.b;
+    const { t0, t1 } = timeAxis(estimates, spanSeconds);
     const x = (t) => pad.l + ((t - t0) / (t1 - t0)) * plotW;
     const y = (v) => pad.t + (1 - fraction(v)) * plotH;
     g.font = "10px system-ui, sans-serif";
@@ -83,6 +99,79 @@ const DMD = (() => {
       g.fillStyle = COLOURS[e.label] || "#000";
       g.beginPath(); g.arc(x(e.t_end), y(e.sentiment), 2.5, 0, 2 * Math.PI); g.fill();
     }
+  }
+
+  // The most probable of an estimate's smoothed emotions, {name, p}; null without emotions (a
+  // checkpoint without an emotion head, or an estimate of schema 1).
+  function topEmotion(estimate) {
+    const emotions = estimate && estimate.emotions;
+    if (!emotions || !estimate.emotion || typeof emotions[estimate.emotion] !== "number") return null;
+    return { name: estimate.emotion, p: emotions[estimate.emotion] };
+  }
+
+  function percent(p) { return `${Math.round(p * 100)}%`; }
+
+  // `happy 62%`, or "" without emotions.
+  function emotionText(estimate) {
+    const top = topEmotion(estimate);
+    return top ? `${top.name} ${percent(top.p)}` : "";
+  }
+
+  // One bar per emotion for a set of probabilities (name -> p), under a title; "—" without them.
+  function emotionBars(title, probabilities) {
+    const box = el("div", { class: "emotion-bars" }, el("div", { class: "emotion-bars-title", text: title }));
+    if (!probabilities) {
+      box.append(el("div", { class: "muted", text: "—" }));
+      return box;
+    }
+    for (const name of EMOTIONS) {
+      const p = Math.max(0, Math.min(1, probabilities[name] || 0));
+      const fill = el("span", { class: "emotion-fill" });
+      fill.style.width = `${p * 100}%`;
+      fill.style.background = EMOTION_COLOURS[name];
+      box.append(el("div", { class: "emotion-row", "data-emotion": name, title: `${name} ${percent(p)}` },
+        el("span", { class: "emotion-name", text: name }), el("span", { class: "emotion-track" }, fill),
+        el("span", { class: "emotion-p", text: percent(p) })));
+    }
+    return box;
+  }
+
+  // The per-modality emotion bars of an estimate (text, voice, face), or null without emotions.
+  function modalityEmotionBars(estimate) {
+    if (!topEmotion(estimate)) return null;
+    const names = { text: "text", audio: "voice", visual: "face" };
+    return el("div", { class: "modality-emotions" },
+      ...MODALITIES.map((m) => emotionBars(names[m], (estimate.modalities[m] || {}).emotions)));
+  }
+
+  // The smoothed emotions of a list of estimates stacked against their window ends (the time axis
+  // of drawTimeline), each window's column summing to 1. Returns whether any estimate had emotions.
+  function drawEmotionTimeline(canvas, estimates, spanSeconds = 60) {
+    const { g, w, h } = prepare(canvas);
+    const felt = estimates.filter((e) => e.emotions);
+    if (!felt.length) return false;
+    const pad = { l: 28, r: 6, t: 4, b: 4 };
+    const plotW = w - pad.l - pad.r, plotH = h - pad.t - pad.b;
+    const { t0, t1 } = timeAxis(estimates, spanSeconds);
+    const shown = felt.filter((e) => e.t_end >= t0);
+    const x = (t) => pad.l + ((t - t0) / (t1 - t0)) * plotW;
+    const y = (v) => pad.t + (1 - v) * plotH;
+    let below = shown.map(() => 0);
+    for (const name of EMOTIONS) {
+      const above = shown.map((e, i) => below[i] + (e.emotions[name] || 0));
+      g.fillStyle = EMOTION_COLOURS[name];
+      g.beginPath();
+      shown.forEach((e, i) => (i ? g.lineTo(x(e.t_end), y(above[i])) : g.moveTo(x(e.t_end), y(above[i]))));
+      for (let i = shown.length - 1; i >= 0; i--) g.lineTo(x(shown[i].t_end), y(below[i]));
+      g.closePath();
+      g.fill();
+      below = above;
+    }
+    g.font = "10px system-ui, sans-serif";
+    g.fillStyle = "#6b7280";
+    g.fillText("1", 2, y(1) + 8);
+    g.fillText("0", 2, y(0));
+    return true;
   }
 
   // A 3x3 edge matrix as a heat map: rows distil from, columns distil into.
@@ -127,5 +216,6 @@ const DMD = (() => {
     return words.slice(-limit).map((w) => w.word).join(" ");
   }
 
-  return { token, api, ApiError, withToken, el, fraction, fmt, drawTimeline, heatmap, wordsOf, MODALITIES, SHORT, COLOURS };
+  return { token, api, ApiError, withToken, el, fraction, fmt, drawTimeline, heatmap, wordsOf, MODALITIES, SHORT, COLOURS,
+    EMOTIONS, EMOTION_COLOURS, topEmotion, emotionText, emotionBars, modalityEmotionBars, drawEmotionTimeline };
 })();

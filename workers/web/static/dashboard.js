@@ -1,4 +1,6 @@
-// The dashboard: every session's estimates, from Server-Sent Events bridged from Redis.
+// The dashboard: every session's estimates, from Server-Sent Events bridged from Redis. A session
+// whose checkpoint has an emotion head also shows its top emotion, each modality's emotion bars and
+// an emotion timeline (nothing for one without).
 //
 // For automation: window.dmd.estimates holds every estimate received (history first, then live; no
 // duplicates), window.dmd.sessions the sessions by id, window.dmd.state the connection state:
@@ -72,13 +74,15 @@
     node = DMD.el("article", { class: "session-card", id: `session-${id}`, "data-session": id });
     node.innerHTML = `
       <div class="card-head"><h2></h2><span class="badge"></span><span class="source muted"></span></div>
-      <div class="card-now"><span class="now-label"></span><span class="now-value"></span>
+      <div class="card-now"><span class="now-label"></span><span class="now-emotion emotion-now"></span><span class="now-value"></span>
         <div class="bar"><span class="bar-zero"></span><span class="bar-marker"></span></div></div>
       <canvas class="timeline" width="520" height="120"></canvas>
+      <canvas class="emotion-timeline" width="520" height="70" hidden></canvas>
       <div class="card-grid">
         <table class="modalities-table"><thead><tr><th>modality</th><th>present</th><th>homo</th><th>hetero</th></tr></thead><tbody></tbody></table>
         <div class="heatmaps"></div>
       </div>
+      <div class="card-emotions"></div>
       <div class="transcript"></div>
       <div class="latency muted"></div>`;
     node.querySelector("h2").textContent = id;
@@ -116,6 +120,15 @@
     marker.style.left = `${DMD.fraction(last.smoothed) * 100}%`;
     marker.style.background = colour;
     DMD.drawTimeline(node.querySelector(".timeline"), s.estimates, 60);
+    const top = DMD.topEmotion(last);
+    const emotion = node.querySelector(".now-emotion");
+    emotion.textContent = DMD.emotionText(last);
+    emotion.style.borderColor = top ? DMD.EMOTION_COLOURS[top.name] : "transparent";
+    const emotionTimeline = node.querySelector(".emotion-timeline");
+    emotionTimeline.hidden = !s.estimates.some((e) => e.emotions);
+    if (!emotionTimeline.hidden) DMD.drawEmotionTimeline(emotionTimeline, s.estimates, 60);
+    const bars = DMD.modalityEmotionBars(last);
+    node.querySelector(".card-emotions").replaceChildren(...(bars ? [bars] : []));
     const body = node.querySelector(".modalities-table tbody");
     body.replaceChildren(...DMD.MODALITIES.map((m) => {
       const r = last.modalities[m];

@@ -1,5 +1,8 @@
 // The session page: camera and microphone to `dmd serve` over WebRTC, estimates back over a data channel.
 //
+// Beside the sentiment: the most probable emotion, each modality's emotion bars and the emotion
+// timeline, for a checkpoint with an emotion head (nothing is shown for one without).
+//
 // For automation: window.dmd.estimates holds every estimate received (the objects of the estimate
 // contract), window.dmd.state the connection state: starting, asking (for the camera), connecting,
 // live, disconnected (may come back), ended, refused (camera or microphone refused), no-device,
@@ -38,6 +41,12 @@
     $("label").textContent = estimate.label;
     $("label").style.color = colour;
     $("value").textContent = `${DMD.fmt(estimate.sentiment)} (smoothed ${DMD.fmt(estimate.smoothed)})`;
+    const top = DMD.topEmotion(estimate);
+    $("emotion").textContent = DMD.emotionText(estimate);
+    $("emotion").style.borderColor = top ? DMD.EMOTION_COLOURS[top.name] : "transparent";
+    $("emotions").hidden = !top;
+    const bars = DMD.modalityEmotionBars(estimate);
+    $("modality-emotions").replaceChildren(...(bars ? [bars] : []));
     for (const node of $("modalities").children) {
       node.classList.toggle("present", !!estimate.modalities[node.dataset.m].present);
     }
@@ -48,8 +57,13 @@
       `${latency}; ${dmd.estimates.length} estimates`;
     if (!drawPending) {
       drawPending = true;
-      requestAnimationFrame(() => { drawPending = false; DMD.drawTimeline($("timeline"), dmd.estimates, 30); });
+      requestAnimationFrame(() => { drawPending = false; draw(); });
     }
+  }
+
+  function draw() {
+    DMD.drawTimeline($("timeline"), dmd.estimates, 30);
+    if (!$("emotions").hidden) DMD.drawEmotionTimeline($("emotion-timeline"), dmd.estimates, 30);
   }
 
   function onMessage(event) {
@@ -175,7 +189,7 @@
   $("stop").addEventListener("click", () => stop());
   $("retry").addEventListener("click", () => start());
   window.addEventListener("pagehide", () => stop());
-  window.addEventListener("resize", () => DMD.drawTimeline($("timeline"), dmd.estimates, 30));
+  window.addEventListener("resize", draw);
   DMD.drawTimeline($("timeline"), [], 30);
   start();
 })();
