@@ -12,7 +12,7 @@ HGETALL dmd:{sid}:state                   -> the EMA: last window folded in, its
 MULTI
   SET dmd:{sid}:published:{k} 1 EX ttl
   HSET dmd:{sid}:state window k smoothed s emotions [p1, ..., p7]   (not for a late window;
-                                             HDEL emotions instead for a window without them)
+                                             emotions null for a window without them)
   XADD dmd:{sid}:estimates MAXLEN ~ N * estimate <json>
   PUBLISH dmd:est:{sid} <json>
   EXPIRE dmd:{sid}:estimates ttl, EXPIRE dmd:{sid}:state ttl   (the caller knows the session ended)
@@ -118,8 +118,6 @@ class EstimatePublisher:
                     pipe.set(marker, b"1", ex=self.marker_ttl_s)
                     if new_state is not None:
                         pipe.hset(keys.state, mapping=_state_to_hash(new_state, emotions))
-                        if emotions is None:
-                            pipe.hdel(keys.state, "emotions")
                     pipe.xadd(keys.estimates, {ESTIMATE_FIELD: text}, maxlen=self.estimates_maxlen, approximate=True)
                     pipe.publish(keys.channel, text)
                     if expire_s:
@@ -146,19 +144,18 @@ class EstimatePublisher:
 
 
 def _state_to_hash(state: EmaState, emotions: tuple[float, ...] | None) -> dict[str, str | int]:
-    mapping: dict[str, str | int] = {"window": state.window, "smoothed": repr(state.value)}
-    if emotions is not None:
-        mapping["emotions"] = json.dumps(emotions, allow_nan=False)
-    return mapping
+    # "null" rather than HDEL for none: the workers' ACL rule (stream.keys.acl_rule) has no HDEL
+    return {"window": state.window, "smoothed": repr(state.value),
+            "emotions": json.dumps(None if emotions is None else list(emotions), allow_nan=False)}
 
 
 def _state_from_hash(raw: dict, key: str) -> EmaState | None:
     if not raw:
         return None
     try:
-        emotions = None
-        if b"emotions" in raw:
-            emotions = check_probabilities(json.loads(raw[b"emotions"]), "emotions")
+        emotions = json.loads(raw.get(b"emotions", b"null"))  # absent: a state from before schema 2
+        if emotions is not None:
+            emotions = check_probabilities(emotions, "emotions")
         value = float(raw[b"smoothed"])
         if not math.isfinite(value):
             raise ValueError(f"smoothed = {value}")
