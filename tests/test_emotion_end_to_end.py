@@ -25,6 +25,7 @@ CLIPS = [f"Actor_{a}/03-01-{e}-{'01' if e == '01' else '02'}-{s}-{r}-{a}.flac"
 def test_real_voices_extract_train_eval_and_run_live(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline_helpers import pipeline_env
+
     from workers.cli import main as dmd
 
     source = tmp_path / "src"
@@ -57,7 +58,7 @@ def test_real_voices_extract_train_eval_and_run_live(tmp_path: Path, capsys: pyt
         if name.startswith("DMD_"):
             monkeypatch.setenv(name, value)
     monkeypatch.delenv("REDIS_URL", raising=False)  # the embedded Redis
-    angry = source / Path(CLIPS[-3]).name
+    angry = source / Path(CLIPS[-1]).name
     assert angry.name.split("-")[2] == "05"
     out = run(["run", "--source", str(angry), "--speed", "0", "--asr", "none", "--session", "angry", "--json",
                "--checkpoint", checkpoint])

@@ -23,7 +23,8 @@ def write_pickle(path: Path, n: int, *, emotions: bool, profile: str = "live-v2"
             "text": np.full((n, L, DIMS[0]), fill, np.float32),
             "audio": rng.normal(size=(n, L, DIMS[1])).astype(np.float32),
             "vision": np.zeros((n, L, DIMS[2]), np.float32),
-            "regression_labels": (np.full(n, np.nan, np.float32) if emotions else rng.uniform(-3, 3, n).astype(np.float32)),
+            "regression_labels": (np.full(n, np.nan, np.float32) if emotions
+                                  else rng.uniform(-3, 3, n).astype(np.float32)),
             "id": np.asarray([f"{path.stem}_{split}_{i}" for i in range(n)], dtype=object),
             "present": np.tile([not emotions, emotions, False], (n, 1)),
         }

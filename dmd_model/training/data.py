@@ -157,8 +157,8 @@ def merge_mmsa(parts: Sequence[tuple[str, MMSAData, float]]) -> MMSAData:
     names = [name for name, _, _ in parts]
     profiles = {(data.profile or {}).get("name") for _, data, _ in parts}
     if len(profiles) > 1:
-        raise DataError(f"the pickles {names} were extracted with different feature profiles {sorted(map(str, profiles))}: "
-                        "re-extract them with one `dmd extract --profile NAME`")
+        raise DataError(f"the pickles {names} were extracted with different feature profiles "
+                        f"{sorted(map(str, profiles))}: re-extract them with one `dmd extract --profile NAME`")
     weights = tuple(float(w) for _, _, w in parts)
     if len(parts) == 1 and weights == (1.0,):
         return parts[0][1]
@@ -175,7 +175,7 @@ def merge_mmsa(parts: Sequence[tuple[str, MMSAData, float]]) -> MMSAData:
                     raise DataError(f"{name} split {split!r} has {key} of shape {getattr(piece, key).shape[1:]}, "
                                     f"{names[0]} {first}: mixed pickles need one profile and one length")
 
-        def cat(key: str, fill: Any) -> np.ndarray:
+        def cat(key: str, fill: Any, pieces: list[MMSASplit] = pieces) -> np.ndarray:
             return np.concatenate([getattr(p, key) if getattr(p, key) is not None else fill(p) for p in pieces])
 
         splits[split] = MMSASplit(
