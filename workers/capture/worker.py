@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Capture:
         self.planner = WindowPlanner(streams, WindowSpec(settings.windows.length, settings.windows.hop))
         self.stats = CaptureStats()
         self._tracker = tracker
+        self._tracker_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(2, thread_name_prefix=f"dmd-capture-{session}")
         self._audio_q: asyncio.Queue[PcmChunk | None] = asyncio.Queue(maxsize=settings.capture.audio_queue)
         self._video: collections.deque[VideoFrame] = collections.deque()
@@ -87,35 +89,39 @@ class Capture:
         self.origin_wall: float | None = None
         if self.source.has_video and self._tracker is None:
             self._tracker = await loop.run_in_executor(self._threads, FaceTracker)
-        workers = []
-        if self.source.has_audio:
-            workers.append(asyncio.create_task(self._audio_worker(), name=f"capture-audio-{self.id}"))
-        if self.source.has_video:
-            workers.append(asyncio.create_task(self._video_worker(), name=f"capture-video-{self.id}"))
         try:
-            await self._read_source()
-        finally:
+            workers = []
             if self.source.has_audio:
-                await self._audio_q.put(None)
-            self._video_done = True
-            self._video_ready.set()
-            results = await asyncio.gather(*workers, return_exceptions=True)
-            for r in results:
-                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                    raise r
-        if self.origin_wall is None:  # a source that gave nothing: still announce, then end
-            await self._announce(0.0)
-        await end_session(self.redis, self.id, t_end=self.stats.end_time, source=self.source.description,
-                          info={"windows": self.stats.windows})
-        async with self._notice_lock:
-            for window in self.planner.finish():
-                await self.session.notify_window(window)
-                self.stats.windows += 1
-        if self.settings.capture.ended_ttl_s > 0:
-            await self.session.expire(int(self.settings.capture.ended_ttl_s))
-        if self._tracker is not None:
-            await loop.run_in_executor(self._threads, self._tracker.close)
-        self._threads.shutdown(wait=False)
+                workers.append(asyncio.create_task(self._audio_worker(), name=f"capture-audio-{self.id}"))
+            if self.source.has_video:
+                workers.append(asyncio.create_task(self._video_worker(), name=f"capture-video-{self.id}"))
+            try:
+                await self._read_source()
+            finally:
+                if self.source.has_audio:
+                    await self._audio_q.put(None)
+                self._video_done = True
+                self._video_ready.set()
+                results = await asyncio.gather(*workers, return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                        raise r
+            if self.origin_wall is None:  # a source that gave nothing: still announce, then end
+                await self._announce(0.0)
+            await end_session(self.redis, self.id, t_end=self.stats.end_time, source=self.source.description,
+                              info={"windows": self.stats.windows})
+            async with self._notice_lock:
+                for window in self.planner.finish():
+                    await self.session.notify_window(window)
+                    self.stats.windows += 1
+            if self.settings.capture.ended_ttl_s > 0:
+                await self.session.expire(int(self.settings.capture.ended_ttl_s))
+        finally:
+            # on every way out (a failed stage cancels this one too): a landmarker left to the
+            # interpreter's teardown prints a traceback from MediaPipe's __del__
+            if self._tracker is not None:
+                await asyncio.wrap_future(self._threads.submit(self._close_tracker))
+            self._threads.shutdown(wait=False)
         return self.stats
 
     async def stop(self) -> None:
@@ -218,13 +224,22 @@ class Capture:
                 await self._video_ready.wait()
                 continue
             item = self._video.popleft()
-            values, present = await loop.run_in_executor(self._threads, tracker.process, item.rgb, item.t)
+            values, present = await loop.run_in_executor(self._threads, self._track, tracker, item.rgb, item.t)
             self.stats.video_tracked += 1
             self.stats.end_time = max(self.stats.end_time, item.t)
             await self.session.add(Frames(np.asarray([item.t]), values.reshape(1, -1), np.asarray([present])), FACE)
             self.planner.feed("vfeat", item.t)
             await self._notify_ready()
         self.planner.end_stream("vfeat")
+
+    def _track(self, tracker: FaceTracker, rgb: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
+        with self._tracker_lock:  # never at the same time as `_close_tracker` (executor threads)
+            return tracker.process(rgb, t)
+
+    def _close_tracker(self) -> None:
+        with self._tracker_lock:
+            if self._tracker is not None:
+                self._tracker.close()
 
     async def _notify_ready(self) -> None:
         async with self._notice_lock:
