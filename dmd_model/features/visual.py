@@ -76,6 +76,10 @@ class FaceTracker:
 
     `process(rgb, t)` does one frame and returns its values directly. One tracker follows one
     video: its tracking state is the previous frames.
+
+    `last_landmarks` holds the tracked face's 478 landmarks of the last frame processed, (478, 3)
+    float32 x, y (fractions of the image width and height) and z, or None when it had no face:
+    the face expert (`face_expert.landmark_box`) crops the face from them without detecting it again.
     """
 
     dim = len(VISUAL_NAMES)
@@ -119,6 +123,7 @@ class FaceTracker:
         self._times: list[float] = []
         self._values: list[np.ndarray] = []
         self._present: list[bool] = []
+        self._last_face: list | None = None  # MediaPipe's landmarks, converted on demand
 
     def process(self, image: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
         """The (55,) features of one RGB frame at session time `t`, and whether a face was found."""
@@ -133,6 +138,7 @@ class FaceTracker:
             self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image), ms
         )
         values = np.zeros(self.dim, np.float32)
+        self._last_face = result.face_landmarks[0] if result.face_landmarks else None
         if not result.face_blendshapes:
             return values, False
         shapes = result.face_blendshapes[0]
@@ -145,6 +151,13 @@ class FaceTracker:
         if result.facial_transformation_matrixes:
             values[len(shapes):] = head_pose(result.facial_transformation_matrixes[0])
         return values, True
+
+    @property
+    def last_landmarks(self) -> np.ndarray | None:
+        """The tracked face's landmarks in the last frame processed (see the class docstring)."""
+        if self._last_face is None:
+            return None
+        return np.array([(p.x, p.y, p.z) for p in self._last_face], np.float32)
 
     def feed(self, image: np.ndarray, t: float) -> None:
         """Add the next video frame (RGB uint8) taken at session time `t` (seconds); times may repeat
