@@ -78,7 +78,7 @@ def main() -> int:
     pcm = to_fields(PcmChunk(1.0, rng.integers(-3000, 3000, 1600).astype(np.int16)))
     afeat = to_fields(Frames(np.arange(10) / 100, rng.standard_normal((10, 25)).astype(np.float32),
                              np.ones(10, bool)), ACOUSTIC)
-    vfeat = to_fields(Frames([1.0], rng.random((1, 55)).astype(np.float32), np.ones(1, bool)), FACE)
+    vfeat = to_fields(Frames([1.0], rng.random((1, 62)).astype(np.float32), np.ones(1, bool)), FACE)
     words = to_fields(AsrWords(tuple(Word(w, 0.3 * i, 0.3 * i + 0.25, 0.9) for i, w in
                                      enumerate(["i", "really", "liked", "this", "movie", "a", "lot"])), 2.5))
     kinds = {"window_notice": (notice, WindowNotice), "pcm_100ms": (pcm, PcmChunk), "afeat_10": (afeat, ACOUSTIC),

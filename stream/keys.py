@@ -9,7 +9,7 @@ them works on one embedded server and on a cluster alike. The shared keys (`dmd:
 |---|---|---|---|
 | `dmd:{sid}:audio` | stream | capture | 16 kHz mono int16 PCM chunks |
 | `dmd:{sid}:afeat` | stream | capture | acoustic feature frames (n, 25) |
-| `dmd:{sid}:vfeat` | stream | capture | face feature frames (n, 55) |
+| `dmd:{sid}:vfeat` | stream | capture | face feature frames (n, 62: 55 tracker values, 7 face expert probabilities) |
 | `dmd:{sid}:words` | stream | ASR | recognised words and the ASR watermark |
 | `dmd:{sid}:events` | stream | capture | the session's lifecycle: its `start` and `end` events |
 | `dmd:{sid}:estimates` | stream | inference | published estimates (history) |

@@ -31,7 +31,8 @@ MAX_SESSION_S = 1e7
 MAX_WINDOW_S = 3600.0  # the longest window span a notice may name
 MAX_WINDOW_INDEX = int(MAX_SESSION_S / 0.01)  # at the shortest hop anyone would set (10 ms)
 AUDIO_FEATURES = 25  # eGeMAPSv02 low-level descriptors
-FACE_FEATURES = 55  # 52 blendshapes + yaw, pitch, roll
+FACE_FEATURES = 62  # 52 blendshapes + yaw, pitch, roll, then the face expert's 7 emotion probabilities
+FACE_FEATURES_BEFORE_EXPERT = 55  # what a capture of an earlier version writes: read with the expert's 7 as zeros
 
 
 # --- field checks: each raises MessageError naming the field --------------------------------------
@@ -260,6 +261,8 @@ class FrameKind:
     type: str
     width: int
     flag: str
+    # a narrower width an earlier writer used, read with zeros in the columns it lacks (None: only `width`)
+    legacy_width: int | None = None
 
     def body(self, frames: Frames) -> dict[str, Any]:
         if not isinstance(frames, Frames):
@@ -274,7 +277,11 @@ class FrameKind:
         t = _times(body["t"], f"{self.type}.t")
         if len(t) == 0:
             raise MessageError("is empty: send at least one frame", f"{self.type}.t")
-        values = _frames(body["features"], f"{self.type}.features", len(t), self.width)
+        features = body["features"]
+        if self.legacy_width is not None and isinstance(features, np.ndarray) and features.shape == (
+                len(t), self.legacy_width):
+            features = np.concatenate([features, np.zeros((len(t), self.width - self.legacy_width), features.dtype)], 1)
+        values = _frames(features, f"{self.type}.features", len(t), self.width)
         flag = _array(body[self.flag], f"{self.type}.{self.flag}")
         if flag.dtype != np.bool_ or flag.shape != (len(t),):
             raise MessageError(f"is {flag.dtype} {flag.shape}, expected bool ({len(t)},): one flag per frame",
@@ -283,9 +290,11 @@ class FrameKind:
 
 
 # Acoustic frames (eGeMAPS low-level descriptors, 100 Hz), flagged where the speech is voiced; face
-# frames (52 blendshapes, yaw, pitch, roll; rows without a face are zeros), flagged where a face was found.
+# frames (52 blendshapes, yaw, pitch, roll, then the face expert's 7 probabilities in EMOTIONS order,
+# zeros where the expert was not run; rows without a face are zeros), flagged where a face was found.
+# Face frames of 55 (a capture from before the expert) are read with the expert's columns zero.
 ACOUSTIC = FrameKind("afeat", AUDIO_FEATURES, "voiced")
-FACE = FrameKind("vfeat", FACE_FEATURES, "face")
+FACE = FrameKind("vfeat", FACE_FEATURES, "face", legacy_width=FACE_FEATURES_BEFORE_EXPERT)
 
 
 def checked_word(word: Any) -> Word:

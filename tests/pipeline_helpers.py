@@ -39,6 +39,19 @@ LIVE_TEST_MODEL = {"name": "live_test", "model": {"feature_dims": [384, 25, 55],
                                                    "d_model": 16, "num_heads": 4, "layers": 1}}
 
 
+# -- face frames ---------------------------------------------------------------------------------------
+def face_frames(times: np.ndarray, rng: np.random.Generator, expert: bool = True) -> Any:
+    """Face frames as capture writes them, a face in each: 55 random tracker values, then the face
+    expert's 7 probabilities (a random distribution; zeros with `expert` false: not run)."""
+    from dmd_types import Frames
+
+    values = np.zeros((len(times), 62), np.float32)
+    values[:, :55] = rng.uniform(size=(len(times), 55))
+    if expert:
+        values[:, 55:] = rng.dirichlet(np.ones(7), size=len(times))
+    return Frames(times, values, np.ones(len(times), bool))
+
+
 # -- a checkpoint ----------------------------------------------------------------------------------
 def write_checkpoint(path: Path, *, nan: bool = False, seed: int = 0) -> Path:
     """A small random-init DMD in the live profile (the bundled default.pt is someone else's to

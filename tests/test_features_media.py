@@ -13,7 +13,7 @@ from media_helpers import write_media
 from dmd_model.features import (
     AUDIO_NAMES,
     AudioFeatureStream,
-    FaceTracker,
+    FaceFeatureStream,
     FeatureError,
     Frames,
     PcmChunk,
@@ -45,7 +45,7 @@ def clip(tmp_path_factory) -> Path:
 def replay(path: Path) -> tuple[Frames, Frames]:
     """The live path: chunks and frames as a capture worker would see them, taken as they come."""
     audio = AudioFeatureStream(t0=0.0)
-    face = FaceTracker()
+    face = FaceFeatureStream()  # what live capture runs: the tracker, then the face expert
     a_parts, v_parts = [], []
     for item in decode_media(path):
         if isinstance(item, PcmChunk):
@@ -56,7 +56,7 @@ def replay(path: Path) -> tuple[Frames, Frames]:
             v_parts.append(face.take())
     a_parts.append(audio.finish())
     v_parts.append(face.finish())
-    return Frames.concat(a_parts, dim=len(AUDIO_NAMES)), Frames.concat(v_parts, dim=55)
+    return Frames.concat(a_parts, dim=len(AUDIO_NAMES)), Frames.concat(v_parts, dim=62)
 
 
 def windows(duration: float, length: float, hop: float):

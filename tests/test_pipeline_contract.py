@@ -23,7 +23,7 @@ from stream.session import Session
 from stream.window import WindowSpec
 
 pytest.register_assert_rewrite("pipeline_helpers")
-from pipeline_helpers import write_checkpoint  # noqa: E402
+from pipeline_helpers import face_frames, write_checkpoint  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -62,7 +62,7 @@ def test_a_model_that_outputs_nan_publishes_nothing_and_its_windows_go_to_the_de
         afeat = rng.normal(size=(len(t), 25)).astype(np.float32)
         await session.add(Frames(t, afeat, voiced_mask(afeat)), ACOUSTIC)
         tv = np.arange(0, 4.0, 0.2)
-        await session.add(Frames(tv, rng.uniform(size=(len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)), FACE)
+        await session.add(face_frames(tv, rng), FACE)
         for k in windows:
             await session.notify_window(WindowSpec().window(k))
         received = []

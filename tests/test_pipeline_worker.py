@@ -21,7 +21,7 @@ from stream.session import Session
 from stream.window import WindowSpec
 
 pytest.register_assert_rewrite("pipeline_helpers")
-from pipeline_helpers import check_estimates, write_checkpoint  # noqa: E402
+from pipeline_helpers import check_estimates, face_frames, write_checkpoint  # noqa: E402
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -35,7 +35,7 @@ async def write_session(r, sid: str, seconds: float, rng: np.random.Generator) -
     afeat = rng.normal(size=(len(t), 25)).astype(np.float32)
     await session.add(Frames(t, afeat, voiced_mask(afeat)), ACOUSTIC)
     tv = np.arange(0, seconds, 0.2)
-    await session.add(Frames(tv, rng.uniform(size=(len(tv), 55)).astype(np.float32), np.ones(len(tv), bool)), FACE)
+    await session.add(face_frames(tv, rng), FACE)
     spec = WindowSpec()
     windows = list(range(spec.first, spec.last_ending_by(seconds) + 1))
     for k in windows:

@@ -68,7 +68,11 @@ def afeat(t0: float = 1.0, n: int = 10) -> Frames:
 
 
 def vfeat(t0: float = 1.0, n: int = 3) -> Frames:
-    return Frames(t0 + np.arange(n) / 30, RNG.random((n, 55)).astype(np.float32), np.array([True, False, True][:n]))
+    """Face frames: 55 tracker values, then the face expert's 7 probabilities (zeros: not run, as without a face)."""
+    values = np.zeros((n, 62), np.float32)
+    values[:, :55] = RNG.random((n, 55))
+    values[0, 55:] = RNG.dirichlet(np.ones(7))
+    return Frames(t0 + np.arange(n) / 30, values, np.array([True, False, True][:n]))
 
 
 def kind_of(value):
@@ -95,6 +99,17 @@ def test_each_message_round_trips_through_stream_fields() -> None:
     assert w == words() and w.t_end == 2.0
     n = WindowNotice("alice", 6, 0.0, 3.0, 1.7e9)
     assert decode(n.to_fields()) == n
+
+
+def test_face_frames_carry_the_face_expert_after_the_55_and_older_55_wide_ones_read_with_zeros() -> None:
+    frames = vfeat()
+    back = decode(to_fields(frames, FACE))
+    np.testing.assert_array_equal(back.values, frames.values)
+    assert back.values.shape == (3, 62) and back.values[0, 55:].sum() == pytest.approx(1.0, abs=1e-6)
+    older = fields_with(frames, features=frames.values[:, :55].copy())  # a capture from before the expert
+    read = decode(older)
+    assert read.values.shape == (3, 62) and not read.values[:, 55:].any()
+    np.testing.assert_array_equal(read.values[:, :55], frames.values[:, :55])
 
 
 def test_message_type_is_checked_against_the_expected_one() -> None:
@@ -136,7 +151,7 @@ def fields_with(message, **changes) -> dict[bytes, bytes]:
     (fields_with(afeat(), t=np.array([1.0, 0.5] + [2.0] * 8)), "afeat.t", "goes backwards at frame 1"),
     (fields_with(afeat(), t=np.zeros((10, 1))), "afeat.t", "expected (n,)"),
     (fields_with(vfeat(), face=np.ones(3, np.int8)), "vfeat.face", "expected bool (3,)"),
-    (fields_with(vfeat(), features=np.zeros((3, 52), np.float32)), "vfeat.features", "expected (3, 55)"),
+    (fields_with(vfeat(), features=np.zeros((3, 52), np.float32)), "vfeat.features", "expected (3, 62)"),
     (fields_with(words(), watermark=1.7), "words.end", "after the watermark 1.7"),
     (fields_with(words(), words=[{"word": "", "start": 0, "end": 1, "confidence": 1}]), "words.word", "non-empty"),
     (fields_with(words(), words=[{"word": "a", "start": 1.0, "end": 0.5, "confidence": 1}]), "words.end",

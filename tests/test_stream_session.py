@@ -93,7 +93,7 @@ def test_data_until_says_how_far_each_stream_has_data(redis_url: str) -> None:
         r = connect(redis_url)
         s = Session(r, "alice")
         assert await s.data_until(FACE) is None
-        await s.add(Frames([1.0, 1.0333], np.zeros((2, 55), np.float32), np.ones(2, bool)), FACE)
+        await s.add(Frames([1.0, 1.0333], np.zeros((2, 62), np.float32), np.ones(2, bool)), FACE)
         assert await s.data_until(FACE) == pytest.approx(1.0333)
         await r.aclose()
 

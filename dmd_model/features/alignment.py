@@ -37,6 +37,16 @@ Edge cases, decided once here:
   or not, as MMSA's averaging of COVAREP frames does.
 - Audio is standardised with the profile's fixed mean and std after averaging (zeros stay zeros
   where there were no frames); visual (scores 0-1, angles in radians) and text are not.
+- Face frames are 62 wide (the tracker's 55, then the face expert's 7 probabilities, zeros where
+  the expert was not run) or 55 (the tracker alone: read as frames the expert did not see). A
+  profile without the expert (live-v1, live-v2) reads the first 55 columns, so it gives what it
+  gave before the expert existed. With it (live-v3) the expert's 7 columns at a position are
+  averaged over the frames with a face where the expert was run (zeros: none was), the other 55
+  over the frames with a face as before.
+- The window's face emotion (`face_emotions`) is the mean of the expert's probabilities over all of
+  the window's frames with a face where it was run, whatever the profile (None where there is
+  none): the face's own emotion, which the inference worker shows and fuses for a checkpoint that
+  does not read the face itself.
 - Frames are selected by `t_start <= time < t_end` and spans are half-open the same way.
   Averages are computed in float64, position by position, so the result does not depend on how
   many frames outside the window the caller passed in.
@@ -54,7 +64,7 @@ import numpy as np
 from dmd_types import Frames, Word, normalise_words
 
 from .errors import FeatureError
-from .profile import AUDIO_NAMES, PROFILE, VISUAL_NAMES, Profile
+from .profile import AUDIO_NAMES, FACE_FRAME_NAMES, PROFILE, VISUAL_NAMES, Profile
 
 MODALITIES = ("text", "audio", "visual")
 
@@ -72,11 +82,14 @@ class WordEncoder(Protocol):
 class AlignedWindow:
     """The model input of one window, and what it was made from.
 
-    text (L, Dt), audio (L, 25), visual (L, 55): float32, zeros after `length` positions.
+    text (L, Dt), audio (L, 25), visual (L, 55; 62 with the face expert): float32, zeros after `length`
+    positions.
     present: per modality, whether it is really there (see the module docstring).
     token_word (L,): index into `words` of each position's word (-1: a time slot or padding).
     spans (L, 2): each position's (start, end) in seconds (zeros after `length`).
     audio_voiced, face_present (L,): whether the position's frames held voiced speech / a face.
+    face_emotions (7,): the face expert's probabilities (`EMOTIONS` order) averaged over the window's
+    frames with a face where it was run, float64 summing to 1; None where there is none.
     """
 
     text: np.ndarray
@@ -95,6 +108,7 @@ class AlignedWindow:
     t_end: float
     dropped_tokens: int
     profile: str
+    face_emotions: np.ndarray | None = None
 
     @property
     def lengths(self) -> dict[str, int]:
@@ -172,13 +186,14 @@ def align_window(
     t_start, t_end = float(t_start), float(t_end)
     text_encoder = _checked_inputs(audio, visual, t_start, t_end, text_encoder, profile)
     audio = audio.between(t_start, t_end)
-    visual = visual.between(t_start, t_end)
+    visual = face_frames(visual.between(t_start, t_end))
     chosen = select_words(words, t_start, t_end)
     tokens = text_encoder.encode([w.text for w in chosen])
     text, token_word, spans, length, n_tok = _positions(chosen, tokens, t_start, t_end, profile)
     if profile.frames == "slots":
         spans, length = _slots(t_start, t_end, profile.frame_slot_s, profile.seq_len, stretch=True)
     audio_out, audio_voiced, visual_out, face_present = _averaged_frames(audio, visual, spans, length, profile)
+    expert = expert_rows(visual)
     n_visual = len(visual)
     present = {
         "text": n_tok > 0,
@@ -202,7 +217,28 @@ def align_window(
         t_end=t_end,
         dropped_tokens=max(0, len(tokens) - profile.seq_len),
         profile=profile.name,
+        face_emotions=_mean_probabilities(visual.values[expert, len(VISUAL_NAMES):]) if expert.any() else None,
     )
+
+
+def face_frames(visual: Frames) -> Frames:
+    """Face frames as 62 columns: 55-wide ones (the tracker alone) get zeros in the expert's 7 (not run)."""
+    if visual.dim == len(FACE_FRAME_NAMES):
+        return visual
+    values = np.zeros((len(visual), len(FACE_FRAME_NAMES)), np.float32)
+    values[:, : visual.dim] = visual.values
+    return Frames(visual.times, values, visual.present)
+
+
+def expert_rows(visual: Frames) -> np.ndarray:
+    """(n,) bool: the 62-wide face frames with a face on which the expert was run (its row sums to 1, not 0)."""
+    return visual.present & (visual.values[:, len(VISUAL_NAMES):].sum(axis=1) > 0.5)
+
+
+def _mean_probabilities(rows: np.ndarray) -> np.ndarray:
+    """The mean of (n, 7) probability rows in float64, renormalised (float32 rows sum to 1 only to ~1e-7)."""
+    mean = rows.astype(np.float64).mean(axis=0)
+    return mean / mean.sum()
 
 
 def _checked_inputs(audio: Frames, visual: Frames, t_start: float, t_end: float, text_encoder: WordEncoder | None,
@@ -212,8 +248,9 @@ def _checked_inputs(audio: Frames, visual: Frames, t_start: float, t_end: float,
         raise FeatureError(f"window [{t_start}, {t_end}) is empty: t_end must be after t_start")
     if audio.dim != len(AUDIO_NAMES):
         raise FeatureError(f"audio frames are {audio.dim} wide, the profile's are {len(AUDIO_NAMES)} (eGeMAPSv02 LLDs)")
-    if visual.dim != len(VISUAL_NAMES):
-        raise FeatureError(f"visual frames are {visual.dim} wide, the profile's are {len(VISUAL_NAMES)}")
+    if visual.dim not in (len(VISUAL_NAMES), len(FACE_FRAME_NAMES)):
+        raise FeatureError(f"visual frames are {visual.dim} wide, expected {len(FACE_FRAME_NAMES)} (face tracking with "
+                           f"the face expert's probabilities) or {len(VISUAL_NAMES)} (face tracking alone)")
     if text_encoder is None:
         from .text import load_text_encoder
 
@@ -262,10 +299,13 @@ def _slots(t_start: float, t_end: float, slot_s: float, L: int, stretch: bool) -
 def _averaged_frames(audio: Frames, visual: Frames, spans: np.ndarray, length: int, profile: Profile
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per position, the audio frames and the face frames of its span averaged (audio standardised),
-    and whether they held voiced speech and a face: audio (L, 25), voiced (L,), visual (L, 55), face (L,)."""
+    and whether they held voiced speech and a face: audio (L, 25), voiced (L,), visual (L, 55 or 62), face (L,).
+    `visual` is 62 wide (`face_frames`)."""
     L = profile.seq_len
+    n_face = len(VISUAL_NAMES)
     audio_out = np.zeros((L, len(AUDIO_NAMES)), np.float32)
-    visual_out = np.zeros((L, len(VISUAL_NAMES)), np.float32)
+    visual_out = np.zeros((L, len(profile.visual_names)), np.float32)
+    expert = expert_rows(visual) if profile.face_expert else None
     audio_voiced = np.zeros(L, bool)
     face_present = np.zeros(L, bool)
     for p in range(length):
@@ -281,13 +321,15 @@ def _averaged_frames(audio: Frames, visual: Frames, spans: np.ndarray, length: i
         rows = _frame_rows(visual.times, spans[p, 0], spans[p, 1], profile.nearest_s)
         rows = rows[visual.present[rows]]
         if rows.size:
-            visual_out[p] = visual.values[rows].astype(np.float64).mean(0)
+            visual_out[p, :n_face] = visual.values[rows, :n_face].astype(np.float64).mean(0)
             face_present[p] = True
+            if expert is not None and expert[rows].any():
+                visual_out[p, n_face:] = visual.values[rows[expert[rows]], n_face:].astype(np.float64).mean(0)
     return audio_out, audio_voiced, visual_out, face_present
 
 
 def stack_windows(windows: Sequence[AlignedWindow]) -> dict[str, np.ndarray]:
-    """A batch: text (B, L, Dt), audio (B, L, 25), visual (B, L, 55), lengths (B,), present (B, 3)
+    """A batch: text (B, L, Dt), audio (B, L, 25), visual (B, L, 55 or 62), lengths (B,), present (B, 3)
     in the order text, audio, visual."""
     if not windows:
         raise FeatureError("no windows to stack: give at least one AlignedWindow")

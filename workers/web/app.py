@@ -247,7 +247,7 @@ class LiveApp:
                 raise ValueError("the offer has no audio or video track: add the camera and microphone tracks "
                                  "(or transceivers) before createOffer()")
             if "video" in peer.tracks:  # the face tracker loads while the answer is made: ready for the first frame
-                loading = asyncio.get_running_loop().run_in_executor(None, _face_tracker)
+                loading = asyncio.get_running_loop().run_in_executor(None, _face_tracker, self.settings)
             await asyncio.wait_for(pc.setLocalDescription(await pc.createAnswer()), 20)
             tracker = await loading if loading is not None else None
         except Exception as exc:  # noqa: BLE001 - a bad offer is the client's error, said back to it
@@ -329,10 +329,11 @@ class LiveApp:
         return response
 
 
-def _face_tracker() -> Any:
-    from dmd_model.features import FaceTracker
+def _face_tracker(settings: PipelineSettings) -> Any:
+    """The face tracker and face expert of a peer's video (`capture.face_features`)."""
+    from ..capture.worker import face_features
 
-    return FaceTracker()
+    return face_features(settings)
 
 
 @contextlib.asynccontextmanager
