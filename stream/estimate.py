@@ -8,9 +8,10 @@ One JSON object per window (`schema: 2`):
  "emotions": {"neutral": 0.21, "happy": 0.62, "sad": 0.03, "angry": 0.02, "fearful": 0.02,
               "disgusted": 0.02, "surprised": 0.08},
  "emotion": "happy",
- "modalities": {"text":   {"present": true,  "homo": 0.9, "hetero": 0.7, "emotions": {"neutral": 0.3, ...}},
-                "audio":  {"present": true,  "homo": 0.4, "hetero": 0.5, "emotions": {...}},
-                "visual": {"present": false, "homo": 0.0, "hetero": 0.1, "emotions": {...}}},
+ "modalities": {"text":   {"present": true, "used": true,  "homo": 0.9, "hetero": 0.7,
+                           "emotions": {"neutral": 0.3, ...}},
+                "audio":  {"present": true, "used": true,  "homo": 0.4, "hetero": 0.5, "emotions": {...}},
+                "visual": {"present": true, "used": false, "homo": 0.0, "hetero": 0.1, "emotions": {...}}},
  "edges": {"homo": [[...], [...], [...]], "hetero": [[...], [...], [...]]},
  "words": [{"word": "great", "start": 3.4, "end": 3.8, "confidence": 0.93}],
  "latency_ms": {"asr_wait": 120.0, "model": 35.2, "total": 410.5},
@@ -21,26 +22,37 @@ One JSON object per window (`schema: 2`):
   over the session's windows in window order (see `ema_update`), also in [-3, 3]; `label` is one of
   negative / neutral / positive.
 - `emotions`: the probabilities of the seven emotions of `dmd_types.EMOTIONS` (neutral, happy, sad,
-  angry, fearful, disgusted, surprised), each in [0, 1], summing to 1 (within 1e-6): the fused
-  emotion head's, smoothed over the session like `smoothed` (same EMA, same gap rule, renormalised;
-  see `ema_update_emotions`). `emotion` is the name with the highest smoothed probability.
-- `modalities` has text, audio and visual: `present` (a face was seen, there was voice, there were
-  words), the unimodal predictions of the homogeneous and heterogeneous heads, and `emotions`: the
-  modality's own emotion probabilities for this window (the mean of its two heads', not smoothed).
-- `emotions`, `emotion` and every modality's `emotions` are null together: the checkpoint has no
-  emotion head (the bundled default is sentiment only).
+  angry, fearful, disgusted, surprised), each in [0, 1], summing to 1 (within 1e-6): the window's
+  fused emotions (the emotion head's, pooled with the face's emotion when the model does not read
+  the face: docs/DESIGN.md, "The face's emotion"), smoothed over the session like `smoothed` (same
+  EMA, same gap rule, renormalised; see `ema_update_emotions`). `emotion` is the name with the
+  highest smoothed probability.
+- `modalities` has text, audio and visual: `present`, what was observed in the window (a face in
+  enough of its frames, voiced speech, recognised words), whatever the model; `used`, whether the
+  model used the modality in this window (the checkpoint was trained with it and it was present:
+  `used` implies `present`); the unimodal predictions of the homogeneous and heterogeneous heads;
+  and `emotions`: the modality's own emotion probabilities for this window, not smoothed: the mean
+  of its two heads' for a modality the model reads; for the face when the model does not read it
+  (or has no emotion head), the facial-expression expert's probabilities averaged over the window's
+  frames with a face (null when no face was present or the expert did not run).
+- `emotions` and `emotion` are null exactly when every modality's `emotions` is null: a checkpoint
+  without an emotion head (the bundled default is sentiment only) in a window without a face. With
+  such a checkpoint and a face, the face's emotions are the visual entry's and the window's.
 - `edges` are the two graph distillation units' 3x3 edge weights, rows and columns in the order
   text, audio, visual (row: the modality distilled from, column: the one distilled into).
 - `latency_ms`: named parts of the latency, in milliseconds.
 
-Changed from schema 1: the fields `emotions` and `emotion`, and `emotions` in each modality's entry,
-were added; `schema` is 2. Nothing was removed or renamed. A schema 1 estimate (one still in an
-estimates stream written before the upgrade) is read as schema 2 with the emotion fields null; any
-other schema number is refused, naming it.
+Changed from schema 1: the fields `emotions` and `emotion`, and `emotions` and `used` in each
+modality's entry, were added; `present` now says what was observed (schema 1's `present` was false
+for a modality the checkpoint was not trained with, a visible face included: that is schema 2's
+`used`); `schema` is 2. Nothing was removed or renamed. A schema 1 estimate (one still in an
+estimates stream written before the upgrade) is read as schema 2 with the emotion fields null and
+`used` equal to its `present`; any other schema number is refused, naming it.
 
 `validate_estimate` guards the contract: a NaN or infinity anywhere, a sentiment out of range, a
-probability out of [0, 1], emotions that do not sum to 1, an unknown emotion, a missing or unknown
-field is refused with the field's name, so a NaN never reaches a subscriber.
+probability out of [0, 1], emotions that do not sum to 1, an unknown emotion, a modality used but
+not present, a missing or unknown field is refused with the field's name, so a NaN never reaches a
+subscriber.
 """
 
 from __future__ import annotations
@@ -66,18 +78,21 @@ EMOTION_SUM_TOLERANCE = 1e-6
 FIELDS = ("schema", "session", "window", "t_start", "t_end", "sentiment", "smoothed", "label", "emotions", "emotion",
           "modalities", "edges", "words", "latency_ms", "model")
 SCHEMA_1_FIELDS = tuple(f for f in FIELDS if f not in ("emotions", "emotion"))
-MODALITY_FIELDS = ("present", "homo", "hetero", "emotions")
+MODALITY_FIELDS = ("present", "used", "homo", "hetero", "emotions")
+SCHEMA_1_MODALITY_FIELDS = ("present", "homo", "hetero")
 
 
 @dataclass(frozen=True)
 class ModalityResult:
-    """One modality in one window: was it present, and what did its unimodal heads predict.
-    `emotions`: name -> probability (mean of the two heads' softmaxes); None without an emotion head."""
+    """One modality in one window: was it observed (`present`), did the model use it (`used`), and
+    what did its unimodal heads predict. `emotions`: name -> probability (the two heads' softmaxes'
+    mean, or the face expert's for a face the model does not read); None where there are none."""
 
     present: bool
     homo: float
     hetero: float
     emotions: Mapping[str, float] | None = None
+    used: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,7 +148,7 @@ class Estimate:
             "t_start": self.t_start, "t_end": self.t_end, "sentiment": self.sentiment, "smoothed": self.smoothed,
             "label": self.label,
             "emotions": _in_order(self.emotions), "emotion": self.emotion,
-            "modalities": {m: {"present": r.present, "homo": r.homo, "hetero": r.hetero,
+            "modalities": {m: {"present": r.present, "used": r.used, "homo": r.homo, "hetero": r.hetero,
                                "emotions": _in_order(r.emotions)} for m, r in self.modalities.items()},
             "edges": {"homo": [list(row) for row in self.edges_homo],
                       "hetero": [list(row) for row in self.edges_hetero]},
@@ -150,12 +165,16 @@ class Estimate:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Estimate:
-        """An estimate of schema 2, or of schema 1 (its emotions null); `validate_estimate` first."""
+        """An estimate of schema 2, or of schema 1 (its emotions null, `used` = its `present`);
+        `validate_estimate` first."""
         validate_estimate(d)
+        modalities = {m: ModalityResult(**d["modalities"][m]) for m in MODALITIES}
+        if d["schema"] == 1:  # schema 1's `present` was "present and read by the model": schema 2's `used`
+            modalities = {m: replace(r, used=r.present) for m, r in modalities.items()}
         return cls(
             session=d["session"], window=d["window"], t_start=d["t_start"], t_end=d["t_end"],
             sentiment=d["sentiment"], smoothed=d["smoothed"], label=d["label"], emotions=d.get("emotions"),
-            modalities={m: ModalityResult(**d["modalities"][m]) for m in MODALITIES},
+            modalities=modalities,
             edges_homo=d["edges"]["homo"], edges_hetero=d["edges"]["hetero"],
             words=tuple(word_from_dict(w) for w in d["words"]), latency_ms=dict(d["latency_ms"]),
             model=d["model"]["name"], checkpoint=d["model"]["checkpoint"],
@@ -305,21 +324,28 @@ def validate_estimate(d: Mapping[str, Any]) -> None:
     modalities = _obj(d["modalities"], "modalities")
     if sorted(modalities) != sorted(MODALITIES):
         raise MessageError(f"has {sorted(modalities)}, expected exactly {', '.join(MODALITIES)}", "modalities")
-    keys = MODALITY_FIELDS if schema == 2 else MODALITY_FIELDS[:3]
+    keys = MODALITY_FIELDS if schema == 2 else SCHEMA_1_MODALITY_FIELDS
     for m in MODALITIES:
         r = _obj(modalities[m], f"modalities.{m}")
         if sorted(r) != sorted(keys):
             raise MessageError(f"has {sorted(r)}, expected {', '.join(keys[:-1])} and {keys[-1]}", f"modalities.{m}")
-        if not isinstance(r["present"], bool):
-            raise MessageError(f"{r['present']!r} is not true or false", f"modalities.{m}.present")
+        for flag in keys[:2] if schema == 2 else keys[:1]:
+            if not isinstance(r[flag], bool):
+                raise MessageError(f"{r[flag]!r} is not true or false", f"modalities.{m}.{flag}")
+        if schema == 2 and r["used"] and not r["present"]:
+            raise MessageError("is true while present is false: the model can only use what was observed",
+                               f"modalities.{m}.used")
         _num(r["homo"], f"modalities.{m}.homo")
         _num(r["hetero"], f"modalities.{m}.hetero")
         if schema == 2:
             _emotions(r["emotions"], f"modalities.{m}.emotions")
-            if (r["emotions"] is None) != (d["emotions"] is None):
-                raise MessageError(f"is {'null' if r['emotions'] is None else 'set'} while the estimate's emotions "
-                                   f"are {'null' if d['emotions'] is None else 'set'}: both come from the "
-                                   "checkpoint's emotion head, or neither", f"modalities.{m}.emotions")
+    if schema == 2:
+        felt = [m for m in MODALITIES if modalities[m]["emotions"] is not None]
+        if (d["emotions"] is None) != (not felt):
+            raise MessageError(
+                "are null while " + ", ".join(f"modalities.{m}.emotions" for m in felt) + " are set" if felt else
+                "are set while every modality's emotions are null: the window's emotions come from the "
+                "modalities' (the emotion head's, or the face's)", "emotions")
 
     edges = _obj(d["edges"], "edges")
     if sorted(edges) != ["hetero", "homo"]:

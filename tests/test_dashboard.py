@@ -1,7 +1,8 @@
 """The live dashboard of `dmd serve`: its event stream (history from the estimates streams, then
 live from Redis pub/sub) and the page in a headless Chromium, with one session that has ended and
-one that is live, served by a checkpoint without an emotion head (no emotions shown), and one whose
-estimates carry emotions (top emotion, per-modality bars, emotion timeline). Screenshots of the page
+one that is live, served by a checkpoint without an emotion head (the face's emotions, from the face
+expert, are the only ones shown), and one whose estimates carry emotions (top emotion, per-modality
+bars, emotion timeline). Screenshots of the page
 go to $DMD_SCREENSHOTS (default: the test's temporary folder)."""
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def test_dashboard_opened_late_shows_the_history_then_live_estimates_of_every_se
                         label: c.querySelector('.now-label').textContent,
                         emotion: c.querySelector('.now-emotion').textContent,
                         emotionTimeline: !c.querySelector('.emotion-timeline').hidden,
-                        bars: c.querySelectorAll('.emotion-row').length}))})""")
+                        bars: c.querySelectorAll('.emotion-row').length,
+                        used: [...c.querySelectorAll('.modalities-table tbody tr')].map(
+                            r => r.children[1].textContent + '/' + r.children[2].textContent),
+                        states: [...c.querySelectorAll('.emotion-bars-state')].map(n => n.textContent)}))})""")
         finally:
             await live.close()
         return events, estimates, json.loads(page), live.session
@@ -129,9 +133,18 @@ def test_dashboard_opened_late_shows_the_history_then_live_estimates_of_every_se
         assert card["cells"] == 18  # two 3x3 heat maps
         assert card["rows"] == 3  # text, audio, visual
         assert "latency (ms)" in card["latency"] and card["label"] in ("negative", "neutral", "positive")
-        # a checkpoint without an emotion head: its estimates' emotions are null, nothing is shown
-        assert card["emotion"] == "" and not card["emotionTimeline"] and card["bars"] == 0
-    assert all(e["emotions"] is None and e["emotion"] is None for e in estimates)
+        # a checkpoint without an emotion head: the only emotions are the face's, where a face was seen
+        assert (card["emotion"] == "") == (card["bars"] == 0) and card["bars"] in (0, 7)  # the face's bars only
+        # trained with all three modalities: what was observed is used
+        assert len(card["used"]) == 3 and all(cell in ("yes/yes", "no/no") for cell in card["used"])
+        if card["bars"]:
+            assert card["emotionTimeline"] and card["states"][2].endswith("; emotions from the face expert")
+    for e in estimates:
+        m = e["modalities"]
+        assert m["text"]["emotions"] is None and m["audio"]["emotions"] is None  # no emotion head
+        assert (e["emotions"] is None) == (m["visual"]["emotions"] is None)
+        assert (m["visual"]["emotions"] is not None) == m["visual"]["present"]  # the expert runs on every face
+    assert any(e["emotions"] for e in estimates), "the demo clip's face gave no emotion"
     assert (screenshots_dir(tmp_path) / "dashboard.png").stat().st_size > 10_000
 
 

@@ -36,7 +36,8 @@ def make_estimate(window: int = 12, sentiment: float = 0.84, session: str = "ali
     return Estimate(
         session=session, window=window, t_start=window * 0.5 - 3.0, t_end=window * 0.5, sentiment=sentiment,
         label="positive" if sentiment >= 0.5 else "neutral",
-        modalities={"text": ModalityResult(True, 0.9, 0.7, own), "audio": ModalityResult(True, 0.4, 0.5, own),
+        modalities={"text": ModalityResult(True, 0.9, 0.7, own, used=True),
+                    "audio": ModalityResult(True, 0.4, 0.5, own, used=True),
                     "visual": ModalityResult(False, 0.0, 0.1, own)},
         edges_homo=[[0.0, 0.6, 0.4], [0.5, 0.0, 0.5], [0.3, 0.7, 0.0]],
         edges_hetero=np.eye(3, dtype=np.float32).tolist(),
@@ -52,7 +53,9 @@ def test_estimate_json_has_the_public_fields_and_round_trips() -> None:
     assert list(d) == ["schema", "session", "window", "t_start", "t_end", "sentiment", "smoothed", "label",
                        "emotions", "emotion", "modalities", "edges", "words", "latency_ms", "model"]
     assert d["emotions"] is None and d["emotion"] is None  # a checkpoint without an emotion head
-    assert d["modalities"]["visual"] == {"present": False, "homo": 0.0, "hetero": 0.1, "emotions": None}
+    assert d["modalities"]["visual"] == {"present": False, "used": False, "homo": 0.0, "hetero": 0.1,
+                                         "emotions": None}
+    assert d["modalities"]["text"]["present"] is True and d["modalities"]["text"]["used"] is True
     assert d["edges"]["hetero"][1] == [0.0, 1.0, 0.0]
     assert d["words"] == [{"word": "great", "start": 3.4, "end": 3.8, "confidence": 0.93}]
     assert d["model"] == {"name": "live", "checkpoint": "9f86d081884c7d65"}
@@ -119,8 +122,12 @@ def test_a_nan_anywhere_never_reaches_a_subscriber(path, value, field) -> None:
     ("t_end", -10.0, "t_end", "not after t_start"),
     ("modalities.visual", ..., "modalities", "expected exactly text, audio, visual"),
     ("modalities.text.present", 1, "modalities.text.present", "not true or false"),
-    ("modalities.text.shared", 0.1, "modalities.text", "expected present, homo, hetero and emotions"),
-    ("modalities.text.emotions", ..., "modalities.text", "expected present, homo, hetero and emotions"),
+    ("modalities.text.used", "yes", "modalities.text.used", "not true or false"),
+    ("modalities.visual.used", True, "modalities.visual.used", "true while present is false: the model can only "
+     "use what was observed"),
+    ("modalities.text.shared", 0.1, "modalities.text", "expected present, used, homo, hetero and emotions"),
+    ("modalities.text.emotions", ..., "modalities.text", "expected present, used, homo, hetero and emotions"),
+    ("modalities.audio.used", ..., "modalities.audio", "expected present, used, homo, hetero and emotions"),
     ("edges.homo.2", [0.1, 0.2], "edges.homo", "not a 3x3 matrix"),
     ("edges.hetero", ..., "edges", "expected homo and hetero"),
     ("words.0.word", "", "words.word", "non-empty"),
@@ -171,13 +178,46 @@ def good_with_emotions() -> dict:
     ("emotion", "sad", "emotion", "'sad' (0.1) is not the most probable of emotions: 'happy' (0.5) is"),
     ("emotion", "joyful", "emotion", "'joyful' is not an emotion"),
     ("emotion", None, "emotion", "None is not an emotion"),
-    ("modalities.visual.emotions", None, "modalities.visual.emotions", "is null while the estimate's emotions are set"),
 ])
 def test_malformed_emotions_are_rejected_naming_the_field(path, value, field, words_in_reason) -> None:
     with pytest.raises(MessageError) as err:
         validate_estimate(changed(path, value, good_with_emotions()))
     assert err.value.field == field
     assert words_in_reason in err.value.reason
+
+
+def face_only() -> dict:
+    """A checkpoint without an emotion head and a face it does not read: the face's emotions alone."""
+    d = good()
+    d["modalities"]["visual"].update(present=True, used=False, emotions=named(HAPPY))
+    d["emotions"], d["emotion"] = named(HAPPY), "happy"
+    return d
+
+
+def test_a_face_seen_but_not_used_carries_its_own_emotions_beside_null_text_and_voice() -> None:
+    d = face_only()
+    validate_estimate(d)
+    est = Estimate.from_dict(d)
+    assert est.modalities["visual"].present and not est.modalities["visual"].used
+    assert est.modalities["text"].emotions is None and est.emotion == "happy"
+    assert Estimate.from_json(est.to_json()) == est
+
+
+def test_the_windows_emotions_are_null_exactly_when_every_modalitys_are() -> None:
+    d = face_only()
+    d["emotions"], d["emotion"] = None, None
+    with pytest.raises(MessageError, match=r"are null while modalities\.visual\.emotions are set") as err:
+        validate_estimate(d)
+    assert err.value.field == "emotions"
+    d = good_with_emotions()
+    for m in d["modalities"].values():
+        m["emotions"] = None
+    with pytest.raises(MessageError, match="are set while every modality's emotions are null") as err:
+        validate_estimate(d)
+    assert err.value.field == "emotions"
+    d = good_with_emotions()
+    d["modalities"]["audio"]["emotions"] = None  # some modalities without their own: allowed
+    validate_estimate(d)
 
 
 def test_emotions_of_a_tie_may_name_either() -> None:
@@ -192,10 +232,14 @@ def test_a_schema_1_estimate_is_read_with_null_emotions() -> None:
     d["schema"] = 1
     del d["emotions"], d["emotion"]
     for m in d["modalities"].values():
-        del m["emotions"]
+        del m["emotions"], m["used"]
     est = Estimate.from_dict(d)
     assert est.emotions is None and est.modalities["text"].emotions is None
+    # schema 1's present was "present and read by the model": schema 2's used
+    assert est.modalities["text"].used and not est.modalities["visual"].used
     assert est.to_dict() == good()  # written back as schema 2
+    with pytest.raises(MessageError, match="expected present, homo and hetero"):
+        validate_estimate(changed("modalities.text.used", True, d))  # schema 1 has no used
     with pytest.raises(MessageError, match="schema 1 has no field 'emotions'") as err:
         validate_estimate({**d, "emotions": None})
     assert err.value.field == "emotions"

@@ -9,11 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
-from test_stream_estimate import HAPPY, SAD, make_estimate
+from test_stream_estimate import HAPPY, SAD, face_only, make_estimate
 
 from dmd_types import EMOTIONS
+from stream.estimate import Estimate
 from workers.view.timeline import write_html, write_png
-from workers.view.watch import TerminalView, top_emotion
+from workers.view.watch import TerminalView, face_emotion, modality_letters, top_emotion
 
 
 def session(emotions: bool) -> list[dict]:
@@ -32,6 +33,14 @@ def test_watch_prints_the_top_emotion_and_its_probability_beside_the_sentiment()
     out = io.StringIO()
     TerminalView(out).update(make_estimate(emotions=SAD).with_smoothed(0.61, SAD))
     assert "sad 70%" in out.getvalue()
+
+
+def test_watch_shows_what_was_observed_beside_what_the_model_used_and_the_faces_own_emotion() -> None:
+    seen = Estimate.from_dict(face_only())  # a face the model does not read: its emotions are the face expert's
+    assert modality_letters(seen) == "TAv" and face_emotion(seen) == "face happy 50%"
+    assert "[TAv]" in TerminalView.line(seen) and "face happy 50%" in TerminalView.line(seen)
+    plain = make_estimate().with_smoothed(0.61)  # the face not observed
+    assert modality_letters(plain) == "TA." and face_emotion(plain) == ""
 
 
 def test_the_timeline_has_an_emotion_panel_when_the_estimates_have_emotions(tmp_path: Path) -> None:

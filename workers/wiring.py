@@ -205,8 +205,9 @@ def load_predictor(settings: InferenceSettings, checkpoint: str | Path | None = 
     check_profile(predictor.checkpoint.profile)
     missing = [m for m in ("text", "audio", "visual") if m not in predictor.modalities]
     if missing:
-        log.warning("checkpoint %s was trained without %s: those modalities are shown as absent and fed as zeros "
-                    "(train a full model with `dmd extract` + `dmd train`, see README)", path.name, ", ".join(missing))
+        log.warning("checkpoint %s was trained without %s: those modalities are fed as zeros and shown as not used "
+                    "(present when observed; a face's emotion still comes from the face expert); train a full model "
+                    "with `dmd extract` + `dmd train`, see README", path.name, ", ".join(missing))
     return predictor
 
 

@@ -12,8 +12,12 @@ to serve more sessions. For each window notice it
 4. runs DMD on a micro-batch of windows from any sessions (up to `max_batch`, waiting at most
    `max_wait_ms` for a batch to fill), in `torch.inference_mode`, on CUDA with bf16 when present,
    in a thread of its own;
-5. publishes the estimate (stream + pub/sub, once per window, with the session's EMA of sentiment
-   and, for a checkpoint with an emotion head, of emotions) and only then acknowledges the notice.
+5. takes the window's emotions: the emotion head's, pooled with the face's (the face expert's
+   probabilities over the window's frames with a face) when the model does not read the face, or the
+   face's alone for a checkpoint without an emotion head (`fusion.window_emotions`); each modality
+   says whether it was observed (`present`) and whether the model used it (`used`);
+6. publishes the estimate (stream + pub/sub, once per window, with the session's EMA of sentiment
+   and of emotions) and only then acknowledges the notice.
 
 A notice or session entry that cannot be decoded goes to `dmd:dead` with its reason; any other
 failure leaves the notice pending, to be claimed again (by this or another worker) and dead-lettered
@@ -26,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +54,7 @@ from stream.session import Session, words_between
 
 from ..metrics import Metrics
 from ..settings import AsrSettings, InferenceSettings
+from .fusion import FusionWeights, window_emotions
 
 log = logging.getLogger("dmd.infer")
 
@@ -81,7 +86,7 @@ def _blamed(what: str) -> Iterator[None]:
         raise MessageError(f"{what}: {exc.reason}") from None
 
 
-def _named(probabilities: list[float] | None) -> dict[str, float] | None:
+def _named(probabilities: Sequence[float] | None) -> dict[str, float] | None:
     """A prediction's emotion vector (`EMOTIONS` order) as the estimate's name -> probability."""
     return None if probabilities is None else dict(zip(EMOTIONS, probabilities, strict=True))
 
@@ -106,6 +111,8 @@ class InferenceWorker:
         self.predictor = predictor
         # windows are aligned as the checkpoint's training data was (refused here if it cannot be)
         self.profile = check_profile(predictor.checkpoint.profile)
+        # how DMD's emotions and the face's are pooled: by their measured accuracies (fusion.py)
+        self.fusion = FusionWeights.from_metrics(getattr(predictor.checkpoint, "metrics", None))
         self.settings = settings or InferenceSettings()
         self.asr_grace_s = asr_grace_s
         self.asr_catch_up_s = asr_catch_up_s
@@ -143,6 +150,11 @@ class InferenceWorker:
             self._text_encoder = await loop.run_in_executor(
                 self._prep_threads, load_text_encoder, self.profile.text_model)
         await self.consumer.ensure_group()
+        if getattr(self.predictor, "emotion_classes", 0):
+            log.info("the face's emotion is pooled with the model's by weights %s", self.fusion.describe())
+        else:
+            log.info("the checkpoint has no emotion head: a window's emotions are the face's (the face expert's), "
+                     "where a face is seen")
         batcher = asyncio.create_task(self._batch_loop(), name="dmd-infer-batcher")
         try:
             await self._read_loop()
@@ -337,11 +349,14 @@ class InferenceWorker:
         notice, window = job.notice, job.window
         assert window is not None
         trained = self.predictor.modalities
-        per_modality = prediction.modality_emotions or {}
+        used = {m: bool(window.present[m]) and m in trained for m in ("text", "audio", "visual")}
+        emotions = window_emotions(prediction.emotions, prediction.modality_emotions, window.face_emotions,
+                                   face_present=bool(window.present["visual"]), visual_used=used["visual"],
+                                   weights=self.fusion)
         modalities = {
-            m: ModalityResult(present=bool(window.present[m]) and m in trained,
+            m: ModalityResult(present=bool(window.present[m]), used=used[m],
                               homo=float(prediction.homo[m]), hetero=float(prediction.hetero[m]),
-                              emotions=_named(per_modality.get(m)))
+                              emotions=_named(emotions.modalities[m]))
             for m in ("text", "audio", "visual")
         }
         latency = dict(job.latency)
@@ -359,7 +374,7 @@ class InferenceWorker:
             modalities=modalities, edges_homo=prediction.edges_homo, edges_hetero=prediction.edges_hetero,
             words=tuple(window.words), latency_ms={k: round(v, 3) for k, v in latency.items()},
             model=self.predictor.name, checkpoint=self.predictor.sha256[:16],
-            window_emotions=_named(prediction.emotions),
+            window_emotions=_named(emotions.fused),
         )
         ended = isinstance(info.get("_ended_at"), (int, float))
         publication = await self.publisher.publish(estimate, expire_s=int(self.ended_ttl_s) if ended else None)

@@ -1,7 +1,8 @@
 """The session timeline: sentiment over time with the recognised words under it, as a PNG (for a
 report) and a self-contained HTML page (an inline SVG, no network, no scripts needed to view it).
 
-When the estimates have emotions (a checkpoint with an emotion head), an emotion timeline sits below
+When the estimates have emotions (a checkpoint with an emotion head, or the face expert's where a
+face was seen), an emotion timeline sits below
 the sentiment one: the seven smoothed probabilities stacked (each window's column sums to 1), so the
 band that is widest at a time is the top emotion then. Without emotions there is no such panel.
 """
@@ -31,7 +32,7 @@ def _points(estimates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _emotion_points(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points that have emotions (all of them, or none: a checkpoint has an emotion head or not)."""
+    """The points that have emotions: all of them with an emotion head; without one, those where a face was seen."""
     return [p for p in points if p["emotions"]]
 
 

@@ -1,10 +1,12 @@
 """`dmd watch`: the estimates of one or all sessions as they are published.
 
 A terminal view (one row per session: sentiment bar, smoothed value, label, the most probable
-emotion with its smoothed probability ("-" for a checkpoint without an emotion head), which
-modalities are present, the latest words, latency), or with `--json` one JSON estimate per line on
-standard output, for piping. On start it shows the recent history from the sessions' estimates streams, so a view
-opened late is not empty; after Redis went away and came back it shows what it missed the same way.
+emotion with its smoothed probability ("-" without emotions), the modalities (`TAv`: upper case
+observed and used by the model, lower case observed but not used, `.` not observed), the face's own
+emotion where the face expert gave the face's emotions, the latest words, latency), or with
+`--json` one JSON estimate per line on standard output, for piping. On start it shows the recent
+history from the sessions' estimates streams, so a view opened late is not empty; after Redis went
+away and came back it shows what it missed the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +47,25 @@ def top_emotion(estimate: Estimate) -> str:
     if estimate.emotions is None or estimate.emotion is None:
         return "-"
     return f"{estimate.emotion} {estimate.emotions[estimate.emotion]:.0%}"
+
+
+def modality_letters(estimate: Estimate) -> str:
+    """`TAv`: a letter per modality, upper case observed and used, lower case observed but not used, `.` absent."""
+    letters = []
+    for m in ("text", "audio", "visual"):
+        r = estimate.modalities[m]
+        letters.append(m[0].upper() if r.present and r.used else m[0] if r.present else ".")
+    return "".join(letters)
+
+
+def face_emotion(estimate: Estimate) -> str:
+    """The face's own top emotion (`face happy 81%`) where the face was seen but not read by the model
+    (the face expert's); "" otherwise."""
+    visual = estimate.modalities["visual"]
+    if not visual.present or visual.used or not visual.emotions:
+        return ""
+    name = max(visual.emotions, key=lambda k: visual.emotions[k])  # type: ignore[index]
+    return f"face {name} {visual.emotions[name]:.0%}"
 
 
 async def recent_history(redis: aioredis.Redis, session: str | None, count: int = 20) -> list[Estimate]:
@@ -96,27 +117,29 @@ class TerminalView:
 
     @staticmethod
     def line(e: Estimate) -> str:
-        present = "".join(m[0].upper() if e.modalities[m].present else "." for m in ("text", "audio", "visual"))
         words = " ".join(w.text for w in e.words)[-40:]
         total = e.latency_ms.get("notice_to_publish")
         latency = f"{total:5.0f} ms" if total is not None else ""
+        face = face_emotion(e)
         return (f"{e.session:<12} {e.t_end:7.1f}s {sentiment_bar(e.sentiment)} {e.sentiment:+.2f} "
-                f"ema {e.smoothed:+.2f} {e.label:<8} {top_emotion(e):<14} [{present}] {latency}  {words}")
+                f"ema {e.smoothed:+.2f} {e.label:<8} {top_emotion(e):<14} [{modality_letters(e)}] {latency}  "
+                f"{face + '  ' if face else ''}{words}")
 
     def _table(self) -> Any:
         from rich.table import Table
 
         table = Table(title=f"Live DMD: {len(self.rows)} session(s), {self.count} estimates",
-                      caption="sentiment -3 (negative) .. +3 (positive); present: T text, A audio, V visual")
-        for name in ("session", "time", "sentiment", "value", "smoothed", "label", "emotion", "present", "latency",
-                     "words"):
+                      caption="sentiment -3 (negative) .. +3 (positive); modalities: T text, A audio, V visual "
+                              "(upper case: used by the model, lower case: observed, not used)")
+        for name in ("session", "time", "sentiment", "value", "smoothed", "label", "emotion", "modalities", "face",
+                     "latency", "words"):
             table.add_column(name, no_wrap=name != "words")
         for e in self.rows.values():
             colour = {"negative": "red", "neutral": "white", "positive": "green"}[e.label]
-            present = "".join(m[0].upper() if e.modalities[m].present else "." for m in ("text", "audio", "visual"))
             total = e.latency_ms.get("notice_to_publish")
             table.add_row(e.session, f"{e.t_end:.1f}s", sentiment_bar(e.sentiment), f"{e.sentiment:+.2f}",
-                          f"{e.smoothed:+.2f}", f"[{colour}]{e.label}[/{colour}]", top_emotion(e), present,
+                          f"{e.smoothed:+.2f}", f"[{colour}]{e.label}[/{colour}]", top_emotion(e),
+                          modality_letters(e), face_emotion(e)[5:] or "-",
                           f"{total:.0f} ms" if total is not None else "-",
                           " ".join(w.text for w in e.words)[-48:])
         return table

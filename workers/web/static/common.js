@@ -136,12 +136,39 @@ const DMD = (() => {
     return box;
   }
 
-  // The per-modality emotion bars of an estimate (text, voice, face), or null without emotions.
+  // What a modality was in a window: "used" (observed and read by the model), "present" (observed,
+  // not read: a checkpoint trained without it), "absent" (not observed). Schema 1 had no `used`.
+  function modalityState(result) {
+    if (!result || !result.present) return "absent";
+    const used = result.used === undefined ? true : result.used;
+    return used ? "used" : "present";
+  }
+
+  const STATE_TEXT = {
+    used: "observed, used by the model",
+    present: "observed, not used by the model",
+    absent: "not observed",
+  };
+
+  // The per-modality emotion bars of an estimate (text, voice, face), each with what the modality
+  // was (used, only seen, absent), or null without emotions. The face's bars are the face expert's
+  // when the model does not read the face.
   function modalityEmotionBars(estimate) {
     if (!topEmotion(estimate)) return null;
     const names = { text: "text", audio: "voice", visual: "face" };
-    return el("div", { class: "modality-emotions" },
-      ...MODALITIES.map((m) => emotionBars(names[m], (estimate.modalities[m] || {}).emotions)));
+    return el("div", { class: "modality-emotions" }, ...MODALITIES.map((m) => {
+      const result = estimate.modalities[m] || {};
+      const state = modalityState(result);
+      const box = emotionBars(names[m], result.emotions);
+      box.dataset.state = state;
+      let note = STATE_TEXT[state];
+      // the face's emotions are the face expert's when the model does not read the face, or has no
+      // emotion head (then text and voice have none)
+      const expert = state === "present" || !((estimate.modalities.text || {}).emotions || (estimate.modalities.audio || {}).emotions);
+      if (m === "visual" && result.emotions && expert) note += "; emotions from the face expert";
+      box.insertBefore(el("div", { class: "emotion-bars-state", text: note }), box.children[1]);
+      return box;
+    }));
   }
 
   // The smoothed emotions of a list of estimates stacked against their window ends (the time axis
@@ -217,5 +244,6 @@ const DMD = (() => {
   }
 
   return { token, api, ApiError, withToken, el, fraction, fmt, drawTimeline, heatmap, wordsOf, MODALITIES, SHORT, COLOURS,
-    EMOTIONS, EMOTION_COLOURS, topEmotion, emotionText, emotionBars, modalityEmotionBars, drawEmotionTimeline };
+    EMOTIONS, EMOTION_COLOURS, topEmotion, emotionText, emotionBars, modalityEmotionBars, drawEmotionTimeline,
+    modalityState, STATE_TEXT };
 })();

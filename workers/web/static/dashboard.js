@@ -1,6 +1,7 @@
 // The dashboard: every session's estimates, from Server-Sent Events bridged from Redis. A session
-// whose checkpoint has an emotion head also shows its top emotion, each modality's emotion bars and
-// an emotion timeline (nothing for one without).
+// whose estimates have emotions (a checkpoint with an emotion head, or the face expert's for a face)
+// also shows its top emotion, each modality's emotion bars and an emotion timeline; the modalities'
+// table says what was observed (present) and what the model used (used).
 //
 // For automation: window.dmd.estimates holds every estimate received (history first, then live; no
 // duplicates), window.dmd.sessions the sessions by id, window.dmd.state the connection state:
@@ -79,7 +80,7 @@
       <canvas class="timeline" width="520" height="120"></canvas>
       <canvas class="emotion-timeline" width="520" height="70" hidden></canvas>
       <div class="card-grid">
-        <table class="modalities-table"><thead><tr><th>modality</th><th>present</th><th>homo</th><th>hetero</th></tr></thead><tbody></tbody></table>
+        <table class="modalities-table"><thead><tr><th>modality</th><th title="observed in the window">present</th><th title="read by the model">used</th><th>homo</th><th>hetero</th></tr></thead><tbody></tbody></table>
         <div class="heatmaps"></div>
       </div>
       <div class="card-emotions"></div>
@@ -132,8 +133,10 @@
     const body = node.querySelector(".modalities-table tbody");
     body.replaceChildren(...DMD.MODALITIES.map((m) => {
       const r = last.modalities[m];
-      return DMD.el("tr", { class: r.present ? "present" : "absent" },
-        DMD.el("td", { text: m }), DMD.el("td", { text: r.present ? "yes" : "no" }),
+      const state = DMD.modalityState(r);
+      return DMD.el("tr", { class: state === "absent" ? "absent" : `present ${state}`, title: DMD.STATE_TEXT[state] },
+        DMD.el("td", { text: m }), DMD.el("td", { text: state === "absent" ? "no" : "yes" }),
+        DMD.el("td", { text: state === "used" ? "yes" : "no" }),
         DMD.el("td", { text: DMD.fmt(r.homo) }), DMD.el("td", { text: DMD.fmt(r.hetero) }));
     }));
     node.querySelector(".heatmaps").replaceChildren(

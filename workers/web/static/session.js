@@ -1,7 +1,9 @@
 // The session page: camera and microphone to `dmd serve` over WebRTC, estimates back over a data channel.
 //
-// Beside the sentiment: the most probable emotion, each modality's emotion bars and the emotion
-// timeline, for a checkpoint with an emotion head (nothing is shown for one without).
+// Beside the sentiment: the most probable emotion, each modality's emotion bars (the face's from the
+// face expert when the model does not read the face) and the emotion timeline; nothing for a
+// checkpoint without an emotion head in a window without a face. The modality chips say what was
+// observed (present) and what the model used (used).
 //
 // For automation: window.dmd.estimates holds every estimate received (the objects of the estimate
 // contract), window.dmd.state the connection state: starting, asking (for the camera), connecting,
@@ -48,7 +50,12 @@
     const bars = DMD.modalityEmotionBars(estimate);
     $("modality-emotions").replaceChildren(...(bars ? [bars] : []));
     for (const node of $("modalities").children) {
-      node.classList.toggle("present", !!estimate.modalities[node.dataset.m].present);
+      const state = DMD.modalityState(estimate.modalities[node.dataset.m]);
+      node.classList.toggle("present", state !== "absent");
+      node.classList.toggle("used", state === "used");
+      node.title = `${node.dataset.what}: ${DMD.STATE_TEXT[state]}`;
+      if (node.dataset.label === undefined) node.dataset.label = node.textContent;
+      node.textContent = state === "present" ? `${node.dataset.label} · not used` : node.dataset.label;
     }
     const words = DMD.wordsOf(dmd.estimates.slice(-8), 12);
     $("words").textContent = words || "";
