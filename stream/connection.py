@@ -6,13 +6,17 @@ URLs (`REDIS_URL`):
 - `rediss://...` the same over TLS, with `?ssl_ca_certs=/ca.pem&ssl_certfile=...&ssl_keyfile=...`,
   `ssl_cert_reqs=required|optional|none` and `ssl_check_hostname=true|false`
 - `unix://[user:password@]/path/to/redis.sock[?db=N]` (the embedded server listens on one)
+- `redis+cluster://[user:password@]host[:port]` a Redis Cluster, reached through any one of its nodes
+  (the client learns the others from it); `rediss+cluster://...` the same over TLS, with the TLS
+  options of `rediss://`. A cluster has database 0 only, so no `/db` and no `db=`.
 
 Common options in the query: `db`, `socket_timeout`, `socket_connect_timeout` (seconds). User and
 password are percent-decoded (`p%40ss` is `p@ss`) and never shown in messages (`redacted`).
 
-Clients are `redis.asyncio.Redis` with `decode_responses=False` (entries carry binary arrays) and one
-immediate retry inside redis-py (a pooled connection that died with a restarted server is replaced
-at once); outages longer than that are for the caller's `Backoff`.
+Clients are `redis.asyncio.Redis` (`redis.asyncio.cluster.RedisCluster` for a cluster) with
+`decode_responses=False` (entries carry binary arrays) and one immediate retry inside redis-py (a
+pooled connection that died with a restarted server is replaced at once); outages longer than that
+are for the caller's `Backoff`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,7 +40,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+TLS_SCHEMES = ("rediss", "rediss+cluster")
 DEFAULT_PORT = 6379
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 _COMMON_OPTIONS = ("db", "socket_timeout", "socket_connect_timeout")
@@ -66,6 +73,11 @@ class RedisURL:
     socket_connect_timeout: float | None = 5.0
 
     @property
+    def cluster(self) -> bool:
+        """A Redis Cluster (`redis+cluster://`, `rediss+cluster://`): one client for all its nodes."""
+        return self.scheme in CLUSTER_SCHEMES
+
+    @property
     def redacted(self) -> str:
         """The URL with the password hidden, for logs and messages."""
         auth = ""
@@ -74,19 +86,23 @@ class RedisURL:
         if self.scheme == "unix":
             return f"unix://{auth}{self.path}" + (f"?db={self.db}" if self.db else "")
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        if self.cluster:
+            return f"{self.scheme}://{auth}{host}:{self.port}"
         return f"{self.scheme}://{auth}{host}:{self.port}/{self.db}"
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `redis.asyncio.Redis`."""
+        """Keyword arguments for `redis.asyncio.Redis` (for `RedisCluster` where `cluster`)."""
         kwargs: dict[str, Any] = {
-            "db": self.db, "username": self.username, "password": self.password,
+            "username": self.username, "password": self.password,
             "socket_timeout": self.socket_timeout, "socket_connect_timeout": self.socket_connect_timeout,
         }
+        if not self.cluster:
+            kwargs["db"] = self.db
         if self.scheme == "unix":
             kwargs["unix_socket_path"] = self.path
         else:
             kwargs.update(host=self.host, port=self.port)
-        if self.scheme == "rediss":
+        if self.scheme in TLS_SCHEMES:
             kwargs["ssl"] = True
             kwargs.update(self.tls)
         return kwargs
@@ -95,7 +111,8 @@ class RedisURL:
 def _fail(url: str, why: str) -> RedisURLError:
     shown = _hide_password(url)
     return RedisURLError(f"Redis URL {shown!r}: {why}. Expected redis://[user:password@]host[:port][/db], "
-                         f"rediss://... (TLS) or unix:///path/to/redis.sock")
+                         f"rediss://... (TLS), unix:///path/to/redis.sock or redis+cluster://host[:port] "
+                         f"(rediss+cluster:// with TLS)")
 
 
 def _hide_password(url: str) -> str:
@@ -148,7 +165,7 @@ def parse_redis_url(url: str) -> RedisURL:
 
     query: dict[str, str] = {}
     for name, values in parse_qs(parts.query, keep_blank_values=True).items():
-        allowed = _COMMON_OPTIONS + (_TLS_OPTIONS if scheme == "rediss" else ())
+        allowed = _COMMON_OPTIONS + (_TLS_OPTIONS if scheme in TLS_SCHEMES else ())
         if name not in allowed:
             raise _fail(url, f"unknown option {name!r} (allowed here: {', '.join(allowed)})")
         query[name] = values[-1]
@@ -192,6 +209,9 @@ def parse_redis_url(url: str) -> RedisURL:
     if "ssl_check_hostname" in query:
         tls["ssl_check_hostname"] = _flag(url, "ssl_check_hostname", query["ssl_check_hostname"])
 
+    if scheme in CLUSTER_SCHEMES and db != 0:
+        raise _fail(url, f"database {db} on a cluster: a Redis Cluster has database 0 only, drop the /db")
+
     timeouts = {name: _seconds(url, name, query[name]) for name in ("socket_timeout", "socket_connect_timeout")
                 if name in query}
     return RedisURL(scheme=scheme, host=host, port=None if scheme == "unix" else port, path=path, db=db,
@@ -199,13 +219,24 @@ def parse_redis_url(url: str) -> RedisURL:
 
 
 def connect(url: str | RedisURL, **overrides: Any) -> aioredis.Redis:
-    """An asyncio Redis client for `url` (nothing is sent until the first command).
-    `overrides` go to `redis.asyncio.Redis` as they are."""
+    """An asyncio Redis client for `url` (nothing is sent until the first command): a
+    `redis.asyncio.Redis`, or for a cluster URL a `redis.asyncio.cluster.RedisCluster`, which routes
+    each command to the node of its key's slot (it has the same command methods; the caller's keys
+    must keep one command, transaction or script within one slot, as stream.keys does).
+    `overrides` go to the client's constructor as they are."""
     parsed = url if isinstance(url, RedisURL) else parse_redis_url(url)
     kwargs = parsed.client_kwargs()
     kwargs.update(decode_responses=False, retry=Retry(NoBackoff(), 1))
     kwargs.update(overrides)
+    if parsed.cluster:
+        return RedisCluster(**kwargs)  # type: ignore[return-value]
     return aioredis.Redis(**kwargs)
+
+
+def is_cluster(redis: object) -> bool:
+    """Whether `redis` is a Redis Cluster client (its shared streams are partitioned, its estimates
+    published with SPUBLISH)."""
+    return isinstance(redis, RedisCluster)
 
 
 @dataclass

@@ -2,8 +2,15 @@
 
 Every key of one session carries the session id as a Redis Cluster hash tag (`dmd:{sid}:...`), so a
 session's streams, its EMA state and its publish markers live in one hash slot: a transaction over
-them works on one embedded server and on a cluster alike. The shared keys (`dmd:windows`,
-`dmd:dead`) are one per deployment.
+them works on one embedded server and on a cluster alike.
+
+The shared streams (`dmd:windows`, `dmd:sessions`, `dmd:dead`) come in P partitions (`Partitions`).
+With P = 1, the default on one Redis, each is the one key of the table below. With P > 1 partition i
+of `dmd:windows` is `dmd:{windows:i}` (likewise `dmd:{sessions:i}`, `dmd:{dead:i}` and its counter
+`dmd:{dead:i}:count`): the hash tag puts each partition in a slot of its own, so on a Redis Cluster the
+jobs spread over the masters instead of all sitting on one. A session's partition is a stable hash of
+its id (CRC-32 modulo P), the same in every process: capture writes the session's window notices and
+events there, and the consumer groups are made on and read every partition.
 
 | key | type | written by | holds |
 |---|---|---|---|
@@ -36,6 +43,7 @@ over TLS by tests/test_redis_security.py).
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 PREFIX = "dmd"
@@ -153,6 +161,52 @@ def parse_session_key(key: bytes | str) -> tuple[str, str] | None:
     except ValueError:
         return None
     return sid, name
+
+
+# -- partitions of the shared streams -------------------------------------------------------------------
+SHARED_STREAMS: tuple[str, ...] = ("windows", "sessions", "dead")
+CLUSTER_PARTITIONS = 8  # the default P on a Redis Cluster: a few partitions per master of a 3-node cluster
+MAX_PARTITIONS = 1024
+
+
+def session_partition(session: str, partitions: int) -> int:
+    """The partition (0 .. partitions-1) of a session: CRC-32 of its id modulo `partitions`, stable
+    across processes and Python versions (unlike `hash()`, which is salted per process)."""
+    return zlib.crc32(validate_session_id(session).encode()) % partitions
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """The key names of the shared streams split in `count` partitions (P; 1 keeps today's names)."""
+
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.count, int) or not 1 <= self.count <= MAX_PARTITIONS:
+            raise ValueError(f"partitions = {self.count!r}: use a whole number from 1 to {MAX_PARTITIONS} "
+                             f"(1 on one Redis, {CLUSTER_PARTITIONS} or more on a Redis Cluster)")
+
+    def key(self, name: str, partition: int) -> str:
+        """Partition `partition` of shared stream `name` (one of SHARED_STREAMS)."""
+        if name not in SHARED_STREAMS:
+            raise ValueError(f"unknown shared stream {name!r}: use one of {', '.join(SHARED_STREAMS)}")
+        if not 0 <= partition < self.count:
+            raise ValueError(f"partition {partition} of {name!r}: there are {self.count} (0 to {self.count - 1})")
+        if self.count == 1:
+            return f"{PREFIX}:{name}"
+        return f"{PREFIX}:{{{name}:{partition}}}"
+
+    def keys(self, name: str) -> list[str]:
+        """Every partition of shared stream `name`, partition 0 first."""
+        return [self.key(name, i) for i in range(self.count)]
+
+    def of(self, session: str) -> int:
+        """The partition of `session`."""
+        return session_partition(session, self.count)
+
+    def for_session(self, name: str, session: str) -> str:
+        """The partition of shared stream `name` that carries `session`'s entries."""
+        return self.key(name, self.of(session))
 
 
 def estimate_channel(session: str) -> str:
