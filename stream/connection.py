@@ -37,6 +37,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .keys import CLUSTER_PARTITIONS, Partitions
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -237,6 +239,14 @@ def is_cluster(redis: object) -> bool:
     """Whether `redis` is a Redis Cluster client (its shared streams are partitioned, its estimates
     published with SPUBLISH)."""
     return isinstance(redis, RedisCluster)
+
+
+def partitions_for(redis: object, count: int = 0) -> Partitions:
+    """The partitions of the shared streams for a client: `count` if given (every process of a deployment
+    must use the same), else 1 on one Redis (today's key names) and CLUSTER_PARTITIONS on a cluster."""
+    if count:
+        return Partitions(count)
+    return Partitions(CLUSTER_PARTITIONS if is_cluster(redis) else 1)
 
 
 @dataclass

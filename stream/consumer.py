@@ -53,8 +53,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .codec import MessageError, pack, unpack
-from .connection import CONNECTION_ERRORS, Backoff, retry_outage
-from .keys import DEAD, INFER_GROUP, WINDOWS
+from .connection import CONNECTION_ERRORS, Backoff, partitions_for, retry_outage
+from .keys import DEAD, INFER_GROUP, WINDOWS, Partitions
 from .messages import from_fields
 
 log = logging.getLogger(__name__)
@@ -376,6 +376,105 @@ class GroupConsumer:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+
+class PartitionedConsumer:
+    """A member of a consumer group on every partition of a shared stream (`dmd:windows`, `dmd:sessions`;
+    stream.keys.Partitions), with GroupConsumer's interface: `read`, `ensure_group`, `counts`, `pending`.
+
+    One GroupConsumer per partition, all under one `name`; a partition's dead letters go to the same
+    partition of `dmd:dead`. With one partition it is that GroupConsumer, read as it is. With several,
+    one XREADGROUP cannot span them (on a cluster their keys are in different slots, often on
+    different nodes), so each partition has its own blocking read in flight, and `read` returns what
+    the first of them to answer brings (partitions that answer together are taken in turn, so
+    none starves). A read still in flight when `read` returns is kept for the next call, never
+    cancelled (a cancelled XREADGROUP could leave entries delivered to nobody until they are claimed):
+    more than `count` deliveries may come in at once, and the extra wait in a buffer here, in flight.
+    `close()` ends the reads in flight (their entries stay pending, reread at the next start).
+    """
+
+    def __init__(self, redis: aioredis.Redis, name: str = WINDOWS, group: str = INFER_GROUP,
+                 consumer: str | None = None, *, partitions: Partitions | None = None, **options: object) -> None:
+        """`name` is a shared stream's name as one key (`dmd:windows`) or as in stream.keys
+        (`windows`); `options` are GroupConsumer's."""
+        self.redis = redis
+        self.partitions = partitions or partitions_for(redis)
+        short = name.removeprefix("dmd:")
+        dead = options.pop("dead_stream", None)
+        first = GroupConsumer(redis, self.partitions.key(short, 0), group, consumer,
+                              dead_stream=dead or self.partitions.key("dead", 0), **options)  # type: ignore[arg-type]
+        self.consumers = [first, *(
+            GroupConsumer(redis, self.partitions.key(short, i), group, first.name,
+                          dead_stream=dead or self.partitions.key("dead", i), **options)  # type: ignore[arg-type]
+            for i in range(1, self.partitions.count))]
+        self.name = first.name
+        self.group = group
+        self.streams = [c.stream for c in self.consumers]
+        self._reads: dict[int, asyncio.Future[list[Delivery]]] = {}
+        self._buffer: list[Delivery] = []
+        self._turn = 0
+
+    @property
+    def counts(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for c in self.consumers:
+            total.update(c.counts)
+        return total
+
+    async def ensure_group(self) -> bool:
+        """Make the group on every partition; True if it was made on any."""
+        created = [await c.ensure_group() for c in self.consumers]
+        return any(created)
+
+    async def read(self, count: int | None = None, block_ms: int | None = None) -> list[Delivery]:
+        """The next deliveries from any partition (at most `count`), waiting up to `block_ms`."""
+        if len(self.consumers) == 1:
+            return await self.consumers[0].read(count, block_ms)
+        count = count or self.consumers[0].count
+        if not self._buffer:
+            for i, c in enumerate(self.consumers):
+                if i not in self._reads:
+                    self._reads[i] = asyncio.ensure_future(c.read(count, block_ms))
+            await asyncio.wait(self._reads.values(), return_when=asyncio.FIRST_COMPLETED)
+            order = [(self._turn + k) % len(self.consumers) for k in range(len(self.consumers))]
+            self._turn = (self._turn + 1) % len(self.consumers)
+            for i in order:
+                if i in self._reads and self._reads[i].done():
+                    self._buffer.extend(self._reads.pop(i).result())
+        taken, self._buffer = self._buffer[:count], self._buffer[count:]
+        return taken
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self._forever()
+
+    async def _forever(self) -> AsyncIterator[Delivery]:
+        while True:
+            for delivery in await self.read():
+                yield delivery
+
+    async def close(self) -> None:
+        """End the reads in flight and leave buffered deliveries pending (delivered again later)."""
+        reads = list(self._reads.values())
+        self._reads.clear()
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+        for c in self.consumers:
+            c._reread, c._history_cursor = True, "0"  # what a cancelled read took is ours: reread it
+        self.release(*self._buffer)
+        self._buffer = []
+
+    def release(self, *deliveries: Delivery) -> None:
+        for d in deliveries:
+            d.consumer.release(d)
+
+    async def pending(self) -> int:
+        """Entries delivered and not yet acked, in every partition."""
+        return sum([await c.pending() for c in self.consumers])
+
+    @property
+    def in_flight(self) -> int:
+        return sum(c.in_flight for c in self.consumers)
 
 
 async def dead_letter_count(redis: aioredis.Redis, stream: str = DEAD) -> int:

@@ -25,8 +25,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from .codec import MessageError
-from .connection import Backoff, retry_outage
-from .keys import ASR_GROUP, SESSIONS, SessionKeys
+from .connection import Backoff, partitions_for, retry_outage
+from .keys import ASR_GROUP, SESSIONS, Partitions, SessionKeys
 from .messages import SessionEvent
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,24 @@ SESSIONS_MAXLEN = 100_000  # entries kept in dmd:sessions (approximately); a pen
 EVENTS_MAXLEN = 1_000
 
 
-async def announce(redis: aioredis.Redis, event: SessionEvent, *, max_outage_s: float = 30.0) -> str:
-    """Write `event` to the session's events stream, then to `dmd:sessions`; returns the id in
-    `dmd:sessions`. Retried while Redis is away (up to `max_outage_s`)."""
+async def announce(redis: aioredis.Redis, event: SessionEvent, *, max_outage_s: float = 30.0,
+                   partitions: Partitions | None = None) -> str:
+    """Write `event` to the session's events stream, then to `dmd:sessions` (the session's partition
+    of it: `partitions`, by default `partitions_for(redis)`); returns the id there. Retried while
+    Redis is away (up to `max_outage_s`)."""
     fields = event.to_fields()
     keys = SessionKeys(event.session)
+    sessions = (partitions or partitions_for(redis)).for_session("sessions", event.session)
     backoff = Backoff()
 
     async def own() -> Any:
         return await redis.xadd(keys.events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
 
     async def shared() -> Any:
-        return await redis.xadd(SESSIONS, fields, maxlen=SESSIONS_MAXLEN, approximate=True)
+        return await redis.xadd(sessions, fields, maxlen=SESSIONS_MAXLEN, approximate=True)
 
     await retry_outage(own, backoff=backoff, max_outage_s=max_outage_s, what=f"session {event.session} events")
-    entry = await retry_outage(shared, backoff=backoff, max_outage_s=max_outage_s, what=SESSIONS)
+    entry = await retry_outage(shared, backoff=backoff, max_outage_s=max_outage_s, what=sessions)
     return entry.decode() if isinstance(entry, bytes) else entry
 
 

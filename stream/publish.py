@@ -35,6 +35,10 @@ Why this shape:
 - WATCH rather than a Lua script, so the JSON (with its `smoothed`) is built and validated in Python
   by the same code that a subscriber's reader uses; a script would have to edit JSON in Lua.
 - XADD and PUBLISH in one MULTI: a subscriber and a history reader see the same estimates.
+- On a Redis Cluster PUBLISH becomes SPUBLISH (sharded pub/sub): the channel `dmd:est:{sid}` carries
+  the session's hash tag, so it lives on the node of the session's keys (SPUBLISH inside the MULTI
+  is allowed there), and a message goes to that node's subscribers only instead of every node.
+  Subscribers use SSUBSCRIBE (`watch_estimates`).
 - Nothing outlives its session. When a capture worker ends a session it sets its keys to expire
   (`capture.ended_ttl_s`, `Session.expire`), but the estimates stream and the EMA state may not
   exist yet (inference behind a capture that ran faster than real time), and a worker may publish
@@ -63,8 +67,10 @@ from redis.exceptions import WatchError
 from dmd_types import EMOTIONS
 
 from .codec import MessageError
+from .connection import is_cluster, partitions_for
 from .estimate import EmaState, Estimate, check_probabilities, ema_update, ema_update_emotions
 from .keys import PREFIX, SessionKeys, estimate_channel
+from .messages import SessionEvent
 
 ESTIMATE_FIELD = "estimate"
 log = logging.getLogger(__name__)
@@ -95,6 +101,7 @@ class EstimatePublisher:
         self.estimates_maxlen = int(estimates_maxlen)  # 7200 windows: one hour at a 0.5 s hop
         self.max_attempts = max_attempts
         self.conflicts = 0  # transactions retried because another publish of the session came first
+        self._sharded = is_cluster(redis)  # SPUBLISH on a cluster
 
     async def publish(self, estimate: Estimate, expire_s: int | None = None) -> Publication:
         """Publish `estimate` once (module docstring). `expire_s`: the session has ended, so its
@@ -105,7 +112,9 @@ class EstimatePublisher:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(marker, keys.state)
-                    if await pipe.exists(marker):
+                    # EXISTS as a raw command: a cluster pipeline's exists() splits its keys by slot and
+                    # returns the pipeline, not the answer, while it watches
+                    if await pipe.execute_command("EXISTS", marker):
                         return Publication(published=False)
                     state = _state_from_hash(await pipe.hgetall(keys.state), keys.state)
                     new_state, smoothed = ema_update(state, estimate.window, estimate.sentiment, self.alpha)
@@ -119,7 +128,10 @@ class EstimatePublisher:
                     if new_state is not None:
                         pipe.hset(keys.state, mapping=_state_to_hash(new_state, emotions))
                     pipe.xadd(keys.estimates, {ESTIMATE_FIELD: text}, maxlen=self.estimates_maxlen, approximate=True)
-                    pipe.publish(keys.channel, text)
+                    if self._sharded:
+                        pipe.spublish(keys.channel, text)
+                    else:
+                        pipe.publish(keys.channel, text)
                     if expire_s:
                         pipe.expire(keys.estimates, int(expire_s))
                         pipe.expire(keys.state, int(expire_s))
@@ -173,7 +185,15 @@ async def read_ema(redis: aioredis.Redis, session: str) -> EmaState | None:
 async def watch_estimates(redis: aioredis.Redis, session: str | None = None,
                           ready: asyncio.Event | None = None) -> AsyncIterator[Estimate]:
     """Yield estimates as they are published: of one session, or of all sessions when `session` is None.
-    `ready` is set once the subscription is in place (a publish before that is not seen)."""
+    `ready` is set once the subscription is in place (a publish before that is not seen).
+
+    On a Redis Cluster the channels are sharded (SSUBSCRIBE), and sharded pub/sub has no pattern: all
+    sessions are followed by reading every partition of `dmd:sessions` (from its last
+    `_FOLLOW_RECENT` entries on) and subscribing to each session that starts there."""
+    if is_cluster(redis):
+        async for estimate in _watch_sharded(redis, session, ready):
+            yield estimate
+        return
     pubsub = redis.pubsub()
     try:
         if session is None:
@@ -190,6 +210,64 @@ async def watch_estimates(redis: aioredis.Redis, session: str | None = None,
                 yield Estimate.from_json(message["data"])
             except (MessageError, json.JSONDecodeError) as exc:
                 # publish() validates, so this is a foreign publisher on our channel: skip, say so
+                log.warning("skipped a malformed estimate on %s: %s", message.get("channel"), exc)
+    finally:
+        await pubsub.aclose()
+
+
+_FOLLOW_RECENT = 1000  # entries of each dmd:sessions partition looked at when following all sessions
+
+
+async def _watch_sharded(redis: aioredis.Redis, session: str | None, ready: asyncio.Event | None
+                         ) -> AsyncIterator[Estimate]:
+    """`watch_estimates` on a cluster: SSUBSCRIBE to the session's channel, or to each session found
+    on `dmd:sessions` (polled every second between messages)."""
+    pubsub = redis.pubsub()
+    subscribed: set[str] = set()
+    cursors: dict[str, bytes | str] = {}
+    streams = partitions_for(redis).keys("sessions")
+
+    async def follow() -> None:
+        for stream in streams:
+            if stream in cursors:
+                reply = await redis.xread({stream: cursors[stream]}, count=_FOLLOW_RECENT)
+                entries = reply[0][1] if reply else []
+            else:
+                entries = list(reversed(await redis.xrevrange(stream, count=_FOLLOW_RECENT)))
+                cursors[stream] = entries[-1][0] if entries else b"0-0"
+            for entry_id, fields in entries:
+                cursors[stream] = entry_id
+                try:
+                    sid = SessionEvent.from_fields(fields).session
+                except MessageError:
+                    continue  # not a capture worker's entry: the consumers dead-letter it
+                if sid not in subscribed:
+                    await pubsub.ssubscribe(estimate_channel(sid))
+                    subscribed.add(sid)
+
+    try:
+        if session is not None:
+            await pubsub.ssubscribe(estimate_channel(session))
+        else:
+            await follow()
+        if ready is not None:
+            ready.set()
+        loop = asyncio.get_running_loop()
+        last_follow = loop.time()
+        while True:
+            message = None
+            if subscribed or session is not None:
+                message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=0.05)
+            else:
+                await asyncio.sleep(0.05)
+            if session is None and loop.time() - last_follow >= 1.0:
+                await follow()
+                last_follow = loop.time()
+            if message is None:
+                continue
+            try:
+                yield Estimate.from_json(message["data"])
+            except (MessageError, json.JSONDecodeError) as exc:
                 log.warning("skipped a malformed estimate on %s: %s", message.get("channel"), exc)
     finally:
         await pubsub.aclose()

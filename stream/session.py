@@ -38,9 +38,9 @@ from redis.exceptions import ResponseError
 
 from dmd_types import Frames, Word
 
-from .connection import CONNECTION_ERRORS, Backoff, retry_outage
+from .connection import CONNECTION_ERRORS, Backoff, partitions_for, retry_outage
 from .estimate import Estimate
-from .keys import WINDOWS, SessionKeys, parse_session_key, session_key_pattern
+from .keys import Partitions, SessionKeys, parse_session_key, session_key_pattern
 from .messages import AsrWords, FrameKind, Kind, WindowNotice, codec, from_fields, to_fields
 from .publish import ESTIMATE_FIELD
 from .window import Window
@@ -64,14 +64,18 @@ class Session:
     """One session's streams: `add` messages, `read_span` them back, send window notices.
 
     `retention_s` is how much session time the data streams keep; `windows_maxlen` bounds
-    `dmd:windows`. A `Session` is cheap: make one per session and task.
+    `dmd:windows` (each partition of it). Window notices go to the session's partition of
+    `dmd:windows` (`partitions`, by default `partitions_for(redis)`: `dmd:windows` itself on one
+    Redis). A `Session` is cheap: make one per session and task.
     """
 
     def __init__(self, redis: aioredis.Redis, session: str, *, retention_s: float = 120.0,
-                 windows_maxlen: int = 10_000, backoff: Backoff | None = None, max_outage_s: float = 30.0) -> None:
+                 windows_maxlen: int = 10_000, backoff: Backoff | None = None, max_outage_s: float = 30.0,
+                 partitions: Partitions | None = None) -> None:
         self.redis = redis
         self.keys = SessionKeys(session)
         self.id = session
+        self.windows = (partitions or partitions_for(redis)).for_session("windows", session)
         if not retention_s > 0:
             raise ValueError(f"retention_s = {retention_s!r}: expected a positive number of seconds")
         self.retention_s = retention_s
@@ -152,7 +156,7 @@ class Session:
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     async def _xadd_notice(self, notice: WindowNotice) -> bytes:
-        return await self.redis.xadd(WINDOWS, notice.to_fields(), maxlen=self.windows_maxlen, approximate=True)
+        return await self.redis.xadd(self.windows, notice.to_fields(), maxlen=self.windows_maxlen, approximate=True)
 
     # --- reading ------------------------------------------------------------------------------------
 

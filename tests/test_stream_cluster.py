@@ -93,3 +93,119 @@ def test_partitions_spread_over_the_masters_of_a_real_cluster(redis_cluster) -> 
 
     redis_cluster.flush()
     assert len(asyncio.run(run())) == 3
+
+
+@pytest.mark.slow
+def test_an_estimate_is_published_once_with_spublish_and_reaches_sharded_subscribers(redis_cluster) -> None:  # noqa: F811
+    from test_stream_estimate import make_estimate
+
+    from stream.lifecycle import start_session
+    from stream.publish import EstimatePublisher, watch_estimates
+    from stream.session import Session
+
+    async def main() -> None:
+        r = connect(redis_cluster.url)
+        received: dict[str, list] = {"alice": [], "all": []}
+
+        async def dashboard(session: str | None, ready: asyncio.Event) -> None:
+            async for est in watch_estimates(r, session, ready=ready):
+                received[session or "all"].append(est)
+                return
+
+        await start_session(r, "alice", "test")  # on dmd:{sessions:i}: how a watcher of all sessions finds it
+        readies = [asyncio.Event(), asyncio.Event()]
+        tasks = [asyncio.create_task(dashboard(s, e)) for s, e in zip(["alice", None], readies)]
+        for ready in readies:
+            await asyncio.wait_for(ready.wait(), 5)
+        publisher = EstimatePublisher(r)
+        first = await publisher.publish(make_estimate(window=12, sentiment=0.84))
+        again = await publisher.publish(make_estimate(window=12, sentiment=0.1))
+        assert first.published and not again.published
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert received["alice"] == received["all"] == await Session(r, "alice").estimates() == [first.estimate]
+        await r.aclose()
+
+    redis_cluster.flush()
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sessions_on_a_cluster_get_one_estimate_per_window_and_a_subscriber_sees_them(
+        redis_cluster, tmp_path, caplog) -> None:  # noqa: F811
+    """Three sessions written by capture's code to their partitions of dmd:windows and dmd:sessions on
+    a three-master cluster; an inference worker reads every partition: each window gets exactly one
+    estimate, and a subscriber of all sessions (SSUBSCRIBE, found through dmd:sessions) gets each."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import logging
+
+    import numpy as np
+    from redis_fixtures import eventually
+    from test_pipeline_worker import write_session
+
+    from dmd_model.artefacts.predict import Predictor
+    from dmd_model.features import load_text_encoder
+    from stream.publish import watch_estimates
+    from stream.session import Session
+    from workers.infer.worker import InferenceWorker
+    from workers.settings import InferenceSettings
+
+    pytest.register_assert_rewrite("pipeline_helpers")
+    from pipeline_helpers import check_estimates, write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "live_test.pt")
+    redis_cluster.flush()
+    sids = ["alice", "bob", "carol"]
+    parts = Partitions(CLUSTER_PARTITIONS)
+    assert len({parts.of(s) for s in sids}) == 3  # three partitions, so more than one slot is read
+
+    async def main() -> None:
+        r = connect(redis_cluster.url)
+        seen: list = []
+        subscribed = asyncio.Event()
+
+        async def subscriber() -> None:
+            async for estimate in watch_estimates(r, None, ready=subscribed):
+                seen.append(estimate)
+
+        rng = np.random.default_rng(2)
+        # the first session's start is on dmd:sessions before the subscriber looks; the others after
+        sessions = {sids[0]: await write_session(r, sids[0], 6.0, rng)}
+        watcher = asyncio.create_task(subscriber())
+        await asyncio.wait_for(subscribed.wait(), 10)
+        await asyncio.sleep(0.2)  # the subscriber follows dmd:sessions every second
+        sessions.update({sid: await write_session(r, sid, 6.0, rng) for sid in sids[1:]})
+        await asyncio.sleep(1.5)  # the subscriber follows dmd:sessions every second: it finds them now
+        total = sum(len(w) for w in sessions.values())
+        for sid in sids:
+            assert await r.xlen(parts.for_session("windows", sid)) >= len(sessions[sid])
+            assert await r.xlen(parts.for_session("sessions", sid)) >= 1
+
+        settings = InferenceSettings(claim_idle_ms=600_000, device="cpu")
+        worker = InferenceWorker(r, Predictor(checkpoint, device="cpu", threads=1), settings, asr_grace_s=0.0,
+                                 name="cluster", text_encoder=load_text_encoder())
+        task = asyncio.create_task(worker.run())
+
+        async def all_seen() -> bool:
+            await asyncio.sleep(0.05)
+            return (worker.published >= total and len(seen) >= total) or task.done()
+
+        await eventually(all_seen, 60, "every window published and seen by the subscriber")
+        worker.stop()
+        await asyncio.wait_for(task, 20)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        failed = [rec.getMessage() for rec in caplog.records if rec.name == "dmd.infer"]
+        assert not failed, failed[:3]
+        assert worker.published == total and worker.duplicates == 0
+        assert sorted((e.session, e.window) for e in seen) == sorted(
+            (sid, k) for sid, windows in sessions.items() for k in windows)
+        for sid, windows in sessions.items():
+            found = [e.to_dict() for e in await Session(r, sid).estimates(1000)]
+            check_estimates(found, windows, session=sid, latency=True)
+        assert await worker.consumer.pending() == 0
+        await r.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="dmd.infer"):
+        asyncio.run(main())

@@ -54,7 +54,7 @@ import redis.asyncio as aioredis
 from dmd_types import SAMPLE_RATE, PcmChunk, Word
 from stream.codec import MessageError
 from stream.connection import CONNECTION_ERRORS, Backoff, retry_outage
-from stream.consumer import Delivery, GroupConsumer
+from stream.consumer import Delivery, PartitionedConsumer
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
 from stream.lifecycle import LeaseLost, SessionLease
 from stream.messages import AsrWords, SessionEvent, from_fields
@@ -252,8 +252,9 @@ class AsrWorker:
         self.redis = redis
         self.engine_factory = engine_factory
         self.max_sessions = max_sessions
-        self.consumer = GroupConsumer(redis, SESSIONS, ASR_GROUP, name, count=max_sessions, block_ms=1000,
-                                      claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries)
+        # every partition of dmd:sessions (one on one Redis, several on a cluster: stream.keys.Partitions)
+        self.consumer = PartitionedConsumer(redis, SESSIONS, ASR_GROUP, name, count=max_sessions, block_ms=1000,
+                                            claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries)
         self.name = self.consumer.name
         self.renew_s = claim_idle_ms / 3000
         self.executor = executor or ThreadPoolExecutor(max_workers=max_sessions, thread_name_prefix="asr")
@@ -292,6 +293,7 @@ class AsrWorker:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await self.consumer.close()
 
     async def _admit(self, delivery: Delivery) -> None:
         try:
@@ -310,7 +312,7 @@ class AsrWorker:
         self._tasks[event.session] = asyncio.create_task(self._serve(delivery, event.session))
 
     async def _serve(self, delivery: Delivery, sid: str) -> None:
-        lease = SessionLease(self.redis, delivery.id, self.name)
+        lease = SessionLease(self.redis, delivery.id, self.name, stream=delivery.stream)
         session = AsrSession(self.redis, sid, self.engine_factory(), executor=self.executor, **self.session_options)
         self.running[sid] = session
         work = asyncio.create_task(session.run())

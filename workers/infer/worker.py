@@ -44,7 +44,7 @@ from dmd_model.features.text import PrecomputedTokens
 from dmd_types import EMOTIONS, Frames, Word
 from dmd_types.words import confident_words
 from stream.codec import MessageError
-from stream.consumer import Delivery, GroupConsumer
+from stream.consumer import Delivery, PartitionedConsumer
 from stream.estimate import Estimate, ModalityResult
 from stream.keys import INFER_GROUP, WINDOWS, SessionKeys
 from stream.lifecycle import session_events
@@ -120,8 +120,9 @@ class InferenceWorker:
         self.ended_ttl_s = ended_ttl_s  # the estimates of an ended session expire this long after they are published
         self.metrics = metrics or Metrics()
         s = self.settings
-        self.consumer = GroupConsumer(redis, WINDOWS, INFER_GROUP, name, count=s.max_batch, block_ms=200,
-                                      claim_idle_ms=s.claim_idle_ms, max_deliveries=s.max_deliveries)
+        # every partition of dmd:windows (one on one Redis, several on a cluster: stream.keys.Partitions)
+        self.consumer = PartitionedConsumer(redis, WINDOWS, INFER_GROUP, name, count=s.max_batch, block_ms=200,
+                                            claim_idle_ms=s.claim_idle_ms, max_deliveries=s.max_deliveries)
         self.publisher = EstimatePublisher(redis, alpha=s.ema_alpha)
         self.name = self.consumer.name
         self._text_encoder = text_encoder
@@ -163,6 +164,7 @@ class InferenceWorker:
         finally:
             batcher.cancel()
             await asyncio.gather(batcher, return_exceptions=True)
+            await self.consumer.close()
             self._model_thread.shutdown(wait=False)
             self._prep_threads.shutdown(wait=False)
 

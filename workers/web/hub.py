@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from stream.codec import MessageError
+from stream.connection import partitions_for
 from stream.estimate import Estimate
 from stream.keys import SESSIONS, SessionKeys
 from stream.messages import SessionEvent
@@ -100,21 +101,31 @@ class EstimateHub:
                 delay = min(delay * 2, 5.0)
 
     async def _sessions(self) -> None:
-        last = None
+        # every partition of dmd:sessions: one blocking XREAD on one Redis; on a cluster one XREAD
+        # cannot span the partitions' slots, so each is read in turn without blocking, then a pause
+        streams = partitions_for(self.redis).keys("sessions")
+        last: dict[str, str] = {}
         delay = 0.2
         while True:
             try:
-                if last is None:
-                    newest = await self.redis.xrevrange(SESSIONS, count=1)
-                    last = _text(newest[0][0]) if newest else "0-0"
-                reply = await self.redis.xread({SESSIONS: last}, count=100, block=1000)
+                for stream in streams:
+                    if stream not in last:
+                        newest = await self.redis.xrevrange(stream, count=1)
+                        last[stream] = _text(newest[0][0]) if newest else "0-0"
+                got = 0
+                for stream in streams:
+                    block = 1000 if len(streams) == 1 else None
+                    reply = await self.redis.xread({stream: last[stream]}, count=100, block=block)
+                    for _, entries in reply or ():
+                        for entry_id, fields in entries:
+                            got += 1
+                            last[stream] = _text(entry_id)
+                            event = _session_event(fields)
+                            if event is not None:
+                                self._fan_out("session", event["session"], event)
                 delay = 0.2
-                for _, entries in reply or ():
-                    for entry_id, fields in entries:
-                        last = _text(entry_id)
-                        event = _session_event(fields)
-                        if event is not None:
-                            self._fan_out("session", event["session"], event)
+                if len(streams) > 1 and not got:
+                    await asyncio.sleep(0.2)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: say so, then read again
@@ -139,7 +150,13 @@ async def recent_sessions(redis: aioredis.Redis, count: int = 1000) -> dict[str,
     """The latest start/end event of each session among the last `count` entries of `dmd:sessions`,
     with the start's source and info: {session: {"state": "live" | "ended", ...}}."""
     sessions: dict[str, dict[str, Any]] = {}
-    for _, fields in reversed(await redis.xrevrange(SESSIONS, count=count)):
+    streams = partitions_for(redis).keys("sessions")
+    entries = []
+    for stream in streams:
+        entries += await redis.xrevrange(stream, count=count)
+    if len(streams) > 1:  # several partitions: the newest `count` of them all, newest first, by id (time)
+        entries = sorted(entries, key=lambda e: tuple(int(x) for x in _text(e[0]).split("-")))[-count:][::-1]
+    for _, fields in reversed(entries):
         event = _session_event(fields)
         if event is None:
             continue
