@@ -10,7 +10,10 @@ URLs (`REDIS_URL`):
   (the client learns the others from it); `rediss+cluster://...` the same over TLS, with the TLS
   options of `rediss://`. A cluster has database 0 only, so no `/db` and no `db=`.
 
-Common options in the query: `db`, `socket_timeout`, `socket_connect_timeout` (seconds). User and
+Common options in the query: `db`, `socket_timeout`, `socket_connect_timeout` (seconds), and
+`partitions`: P, how many partitions the shared streams have (stream.keys.Partitions; default 1 on one
+Redis, 8 on a cluster). It is in the URL because every process of a deployment must use the same P,
+and they all share REDIS_URL. User and
 password are percent-decoded (`p%40ss` is `p@ss`) and never shown in messages (`redacted`).
 
 Clients are `redis.asyncio.Redis` (`redis.asyncio.cluster.RedisCluster` for a cluster) with
@@ -37,7 +40,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .keys import CLUSTER_PARTITIONS, Partitions
+from .keys import CLUSTER_PARTITIONS, MAX_PARTITIONS, Partitions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +50,7 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 TLS_SCHEMES = ("rediss", "rediss+cluster")
 DEFAULT_PORT = 6379
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
-_COMMON_OPTIONS = ("db", "socket_timeout", "socket_connect_timeout")
+_COMMON_OPTIONS = ("db", "socket_timeout", "socket_connect_timeout", "partitions")
 _CERT_REQS = ("required", "optional", "none")
 
 # What a lost or unreachable server raises: the errors a reconnecting loop backs off on.
@@ -73,6 +76,7 @@ class RedisURL:
     tls: dict[str, Any] = field(default_factory=dict)
     socket_timeout: float | None = None
     socket_connect_timeout: float | None = 5.0
+    partitions: int = 0  # P of the shared streams; 0: the default (1 on one Redis, 8 on a cluster)
 
     @property
     def cluster(self) -> bool:
@@ -214,10 +218,17 @@ def parse_redis_url(url: str) -> RedisURL:
     if scheme in CLUSTER_SCHEMES and db != 0:
         raise _fail(url, f"database {db} on a cluster: a Redis Cluster has database 0 only, drop the /db")
 
+    partitions = 0
+    if "partitions" in query:
+        value = query["partitions"]
+        if not value.isdigit() or not 1 <= int(value) <= MAX_PARTITIONS:
+            raise _fail(url, f"partitions={value!r} is not a whole number from 1 to {MAX_PARTITIONS}")
+        partitions = int(value)
+
     timeouts = {name: _seconds(url, name, query[name]) for name in ("socket_timeout", "socket_connect_timeout")
                 if name in query}
     return RedisURL(scheme=scheme, host=host, port=None if scheme == "unix" else port, path=path, db=db,
-                    username=username, password=password, tls=tls, **timeouts)
+                    username=username, password=password, tls=tls, partitions=partitions, **timeouts)
 
 
 def connect(url: str | RedisURL, **overrides: Any) -> aioredis.Redis:
@@ -230,9 +241,9 @@ def connect(url: str | RedisURL, **overrides: Any) -> aioredis.Redis:
     kwargs = parsed.client_kwargs()
     kwargs.update(decode_responses=False, retry=Retry(NoBackoff(), 1))
     kwargs.update(overrides)
-    if parsed.cluster:
-        return RedisCluster(**kwargs)  # type: ignore[return-value]
-    return aioredis.Redis(**kwargs)
+    client = RedisCluster(**kwargs) if parsed.cluster else aioredis.Redis(**kwargs)
+    client.dmd_partitions = parsed.partitions  # type: ignore[union-attr] # read by partitions_for
+    return client  # type: ignore[return-value]
 
 
 def is_cluster(redis: object) -> bool:
@@ -242,8 +253,10 @@ def is_cluster(redis: object) -> bool:
 
 
 def partitions_for(redis: object, count: int = 0) -> Partitions:
-    """The partitions of the shared streams for a client: `count` if given (every process of a deployment
-    must use the same), else 1 on one Redis (today's key names) and CLUSTER_PARTITIONS on a cluster."""
+    """The partitions of the shared streams for a client: `count` if given, else the URL's
+    `partitions` (every process of a deployment must use the same), else 1 on one Redis (today's key
+    names) and CLUSTER_PARTITIONS on a cluster."""
+    count = count or getattr(redis, "dmd_partitions", 0)
     if count:
         return Partitions(count)
     return Partitions(CLUSTER_PARTITIONS if is_cluster(redis) else 1)

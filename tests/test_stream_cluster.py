@@ -9,7 +9,7 @@ import pytest
 from cluster_fixtures import redis_cluster  # noqa: F401
 from redis.crc import key_slot
 
-from stream.connection import RedisURLError, connect, is_cluster, parse_redis_url
+from stream.connection import RedisURLError, connect, is_cluster, parse_redis_url, partitions_for
 from stream.keys import CLUSTER_PARTITIONS, SHARED_STREAMS, Partitions, SessionKeys, session_partition
 
 
@@ -41,6 +41,15 @@ def test_bad_cluster_urls_say_what_is_wrong(url: str, words_in_error: str) -> No
 def test_connect_gives_a_cluster_client_for_a_cluster_url() -> None:
     assert is_cluster(connect("redis+cluster://127.0.0.1:7000"))
     assert not is_cluster(connect("redis://127.0.0.1:7000"))
+
+
+def test_the_url_sets_the_partitions_every_process_uses() -> None:
+    assert partitions_for(connect("redis://127.0.0.1:7000")) == Partitions(1)
+    assert partitions_for(connect("redis+cluster://127.0.0.1:7000")) == Partitions(CLUSTER_PARTITIONS)
+    assert partitions_for(connect("redis+cluster://127.0.0.1:7000?partitions=16")) == Partitions(16)
+    assert partitions_for(connect("unix:///run/redis.sock?partitions=2")) == Partitions(2)
+    with pytest.raises(RedisURLError, match="partitions='0' is not a whole number from 1 to 1024"):
+        parse_redis_url("redis://localhost?partitions=0")
 
 
 def test_one_partition_keeps_todays_key_names() -> None:
@@ -131,11 +140,13 @@ def test_an_estimate_is_published_once_with_spublish_and_reaches_sharded_subscri
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["cluster", "one redis-server, partitions=3"])
 def test_sessions_on_a_cluster_get_one_estimate_per_window_and_a_subscriber_sees_them(
-        redis_cluster, tmp_path, caplog) -> None:  # noqa: F811
+        where: str, request: pytest.FixtureRequest, tmp_path, caplog) -> None:
     """Three sessions written by capture's code to their partitions of dmd:windows and dmd:sessions on
-    a three-master cluster; an inference worker reads every partition: each window gets exactly one
-    estimate, and a subscriber of all sessions (SSUBSCRIBE, found through dmd:sessions) gets each."""
+    a three-master cluster (and on one Redis with `?partitions=3` in its URL); an inference worker
+    reads every partition: each window gets exactly one estimate, and a subscriber of all sessions
+    (SSUBSCRIBE on the cluster, found through dmd:sessions) gets each."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import logging
@@ -155,13 +166,27 @@ def test_sessions_on_a_cluster_get_one_estimate_per_window_and_a_subscriber_sees
     from pipeline_helpers import check_estimates, write_checkpoint
 
     checkpoint = write_checkpoint(tmp_path / "live_test.pt")
-    redis_cluster.flush()
-    sids = ["alice", "bob", "carol"]
-    parts = Partitions(CLUSTER_PARTITIONS)
-    assert len({parts.of(s) for s in sids}) == 3  # three partitions, so more than one slot is read
+    if where == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url, parts = cluster.url, Partitions(CLUSTER_PARTITIONS)
+    else:
+        server = request.getfixturevalue("redis_server")
+        client = server.client()
+        client.flushall()
+        client.close()
+        url, parts = server.url + "?partitions=3", Partitions(3)
+    # three sessions in three partitions, so more than one is written and read
+    sids: list[str] = []
+    for name in (f"room-{i}" for i in range(50)):
+        if parts.of(name) not in {parts.of(s) for s in sids}:
+            sids.append(name)
+    sids = sids[:3]
+    assert len({parts.of(s) for s in sids}) == 3
 
     async def main() -> None:
-        r = connect(redis_cluster.url)
+        r = connect(url)
+        assert partitions_for(r) == parts
         seen: list = []
         subscribed = asyncio.Event()
 
