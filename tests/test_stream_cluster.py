@@ -12,6 +12,8 @@ from redis.crc import key_slot
 from stream.connection import RedisURLError, connect, is_cluster, parse_redis_url, partitions_for
 from stream.keys import CLUSTER_PARTITIONS, SHARED_STREAMS, Partitions, SessionKeys, session_partition
 
+pytest_plugins = ("pipeline_helpers",)  # fixtures: checkpoint, bars_clip
+
 
 def test_cluster_urls_name_any_node_and_carry_tls() -> None:
     url = parse_redis_url("redis+cluster://dmd:s%40cret@node1.example:7000")
@@ -234,3 +236,48 @@ def test_sessions_on_a_cluster_get_one_estimate_per_window_and_a_subscriber_sees
 
     with caplog.at_level(logging.WARNING, logger="dmd.infer"):
         asyncio.run(main())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_dmd_run_and_dmd_watch_on_a_cluster(redis_cluster, checkpoint, bars_clip, monkeypatch, capsys) -> None:  # noqa: F811
+    """`dmd run` with REDIS_URL=redis+cluster://: capture, inference and its subscriber on the cluster,
+    every window one estimate; `dmd watch` of every session shows them."""
+    pytest.importorskip("av")
+    pytest.importorskip("opensmile")
+    import json
+
+    from pipeline_helpers import check_estimates, estimates, pipeline_env
+
+    from stream.codec import MessageError
+    from stream.messages import WindowNotice
+    from workers.cli import main
+
+    redis_cluster.flush()
+    for name, value in pipeline_env(checkpoint, redis_cluster.url).items():
+        if name.startswith("DMD_") or name == "REDIS_URL":
+            monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    code = main(["run", "--source", str(bars_clip), "--speed", "0", "--asr", "none", "--session", "onclus", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    report = [json.loads(line) for line in err.splitlines() if line.startswith('{"session"')][-1]
+    assert report["missing"] == [] and report["windows"] == report["estimates"] >= 7, report
+
+    r = redis_cluster.client()
+    sent = []
+    for _, fields in r.xrange(Partitions(CLUSTER_PARTITIONS).for_session("windows", "onclus")):
+        try:
+            sent.append(WindowNotice.from_fields(fields).window)
+        except MessageError:
+            continue
+    assert len(sent) == report["windows"]
+    found = estimates(r, "onclus")
+    check_estimates(found, sent, session="onclus")
+    r.close()
+
+    code = main(["watch", "--json", "--history", "100", "--timeout", "0.5"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    shown = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(e["window"], e["sentiment"]) for e in shown] == [(e["window"], e["sentiment"]) for e in found]
