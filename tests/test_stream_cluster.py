@@ -281,3 +281,62 @@ def test_dmd_run_and_dmd_watch_on_a_cluster(redis_cluster, checkpoint, bars_clip
     assert code == 0, err[-3000:]
     shown = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [(e["window"], e["sentiment"]) for e in shown] == [(e["window"], e["sentiment"]) for e in found]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_an_asr_worker_serves_sessions_from_every_partition_of_a_cluster(redis_cluster, caplog) -> None:  # noqa: F811
+    """Three sessions announced on three partitions of dmd:sessions: one ASR worker takes each start
+    from its partition, holds it (the lease script runs on the partition's node) and ends it."""
+    import logging
+
+    import numpy as np
+
+    from stream.lifecycle import end_session, start_session
+    from stream.messages import AsrWords, PcmChunk
+    from stream.session import Session
+    from workers.asr.engine import NoEngine
+    from workers.asr.worker import AsrWorker
+
+    redis_cluster.flush()
+    parts = Partitions(CLUSTER_PARTITIONS)
+    sids: list[str] = []
+    for name in (f"room-{i}" for i in range(50)):
+        if parts.of(name) not in {parts.of(s) for s in sids}:
+            sids.append(name)
+    sids = sids[:3]
+
+    async def main() -> None:
+        r = connect(redis_cluster.url)
+        for sid in sids:
+            await start_session(r, sid, "test")
+            session = Session(r, sid)
+            for i in range(0, 32000, 1600):
+                await session.add(PcmChunk(i / 16000, np.zeros(1600, np.int16)))
+        worker = AsrWorker(r, NoEngine, name="asr-cluster", max_sessions=3, claim_idle_ms=600)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(1.0)  # the sessions run; their holds are renewed every 0.2 s
+        assert sorted(worker.running) == sorted(sids)
+        for sid in sids:
+            await end_session(r, sid, t_end=2.0)
+
+        async def all_done() -> bool:
+            await asyncio.sleep(0.05)
+            return len(worker.finished) >= 3 or task.done()
+
+        from redis_fixtures import eventually
+
+        await eventually(all_done, 20, "every session's ASR finished")
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert sorted(result.reason for result in worker.finished) == ["end"] * 3
+        for sid in sids:
+            last = AsrWords.from_fields((await r.xrevrange(SessionKeys(sid).words, count=1))[0][1])
+            assert last.watermark == pytest.approx(2.0)
+        assert await worker.consumer.pending() == 0  # every start and end acked, on every partition
+        assert not [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+        await r.aclose()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
