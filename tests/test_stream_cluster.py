@@ -340,3 +340,31 @@ def test_an_asr_worker_serves_sessions_from_every_partition_of_a_cluster(redis_c
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_group_metrics_sum_every_partition(redis_cluster) -> None:  # noqa: F811
+    prometheus = pytest.importorskip("prometheus_client")
+    from stream.consumer import ensure_group
+    from stream.keys import INFER_GROUP
+    from workers.metrics import Metrics, sample_group
+
+    redis_cluster.flush()
+    registry = prometheus.CollectorRegistry()
+    metrics = Metrics("cluster-test", registry=registry)
+    windows = Partitions(CLUSTER_PARTITIONS).keys("windows")
+
+    async def main() -> None:
+        r = connect(redis_cluster.url)
+        for key in windows:
+            await ensure_group(r, key, INFER_GROUP)
+        for key in windows[:3]:
+            await r.xadd(key, {b"k": b"v"})
+        await r.xreadgroup(INFER_GROUP, "reader", {windows[0]: ">"})
+        await sample_group(r, metrics, windows, INFER_GROUP)
+        await r.aclose()
+
+    asyncio.run(main())
+    labels = {"worker": "cluster-test"}
+    assert registry.get_sample_value("dmd_group_pending", labels) == 1
+    assert registry.get_sample_value("dmd_group_lag", labels) == 2

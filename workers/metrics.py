@@ -9,6 +9,7 @@ overruns, and the consumer group's lag and pending counts (sampled by `sample_gr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("dmd.metrics")
@@ -94,15 +95,26 @@ class Metrics:
         return True
 
 
-async def sample_group(redis: Any, metrics: Metrics, stream: str, group: str) -> None:
-    """Read the group's lag and pending count (XINFO GROUPS) into the gauges."""
+async def sample_group(redis: Any, metrics: Metrics, stream: str | Sequence[str], group: str) -> None:
+    """Read the group's lag and pending count (XINFO GROUPS) into the gauges: of one stream, or summed
+    over several (the partitions of a shared stream, stream.keys.Partitions)."""
+    streams = [stream] if isinstance(stream, str) else list(stream)
+    pending = lag = 0.0
+    found = lag_known = False
     try:
-        for info in await redis.xinfo_groups(stream):
-            name = info.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) == group:
-                metrics.group_pending.set(float(info.get("pending") or 0))
-                lag = info.get("lag")
-                if lag is not None:
-                    metrics.group_lag.set(float(lag))
+        for one in streams:
+            for info in await redis.xinfo_groups(one):
+                name = info.get("name")
+                if (name.decode() if isinstance(name, bytes) else name) == group:
+                    found = True
+                    pending += float(info.get("pending") or 0)
+                    if info.get("lag") is not None:
+                        lag_known = True
+                        lag += float(info["lag"])
     except Exception as exc:  # noqa: BLE001 - metrics never take a worker down
         log.debug("could not sample %s/%s: %s", stream, group, exc)
+        return
+    if found:
+        metrics.group_pending.set(pending)
+        if lag_known:
+            metrics.group_lag.set(lag)

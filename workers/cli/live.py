@@ -202,7 +202,7 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _infer(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from stream.keys import INFER_GROUP, WINDOWS
+    from stream.keys import INFER_GROUP
 
     from ..metrics import sample_group
     from ..wiring import (
@@ -227,7 +227,7 @@ async def _infer(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
         async def sampler() -> None:
             while True:
-                await sample_group(redis, metrics, WINDOWS, INFER_GROUP)
+                await sample_group(redis, metrics, worker.consumer.streams, INFER_GROUP)  # every partition
                 await asyncio.sleep(2)
 
         sampling = asyncio.create_task(sampler())
