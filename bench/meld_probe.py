@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dmd_model.training.metrics import emotion_metrics  # noqa: E402
-from dmd_types import EMOTIONS, normalise_text  # noqa: E402
 from text_probe import sentence_embeddings  # noqa: E402
 
-CS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+from dmd_model.training.metrics import emotion_metrics  # noqa: E402
+from dmd_types import EMOTIONS, normalise_text  # noqa: E402
+
+CS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
 def read(path: Path) -> dict[str, tuple[list[str], np.ndarray]]:

@@ -200,36 +200,39 @@ def test_the_real_label_files_extract_in_their_splits(tmp_path, encoder):
 
 
 # -- the shipped default checkpoint ---------------------------------------------------------------
-def test_the_default_checkpoint_loads_with_text_only_and_the_live_profile():
+def test_the_default_checkpoint_loads_with_text_and_audio_two_tasks_and_the_live_v2_profile():
     from dmd_model.artefacts.checkpoint import load_checkpoint
-    from dmd_model.features import check_profile
+    from dmd_model.features import LIVE_V2, check_profile
 
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
-    assert ckpt.modalities == ("text",)
-    assert ckpt.profile["name"] == "live-v1" and check_profile(ckpt.profile) is PROFILE
+    assert ckpt.modalities == ("text", "audio")
+    assert ckpt.profile["name"] == "live-v2" and check_profile(ckpt.profile) is LIVE_V2
     assert ckpt.precision == "float16" and DEFAULT_CHECKPOINT.stat().st_size < 8_000_000
-    assert tuple(ckpt.config.model.feature_dims) == PROFILE.feature_dims
-    assert {"test_mosi", "test_mosei"} <= set(ckpt.metrics)
+    assert tuple(ckpt.config.model.feature_dims) == LIVE_V2.feature_dims
+    assert ckpt.config.model.emotion_classes == 7
+    assert {"test_mosi", "test_mosei", "test_meld", "test_ravdess", "test_emodb"} <= set(ckpt.metrics)
 
 
 def test_the_default_checkpoint_predicts_finite_sentiment_on_an_aligned_window(encoder):
     from dmd_model.artefacts.predict import Predictor
+    from dmd_model.features import check_profile
 
     predictor = Predictor(DEFAULT_CHECKPOINT, device="cpu")
+    profile = check_profile(predictor.checkpoint.profile)
     words = [Word(w, 0.2 + 0.35 * i, 0.5 + 0.35 * i) for i, w in enumerate(["i", "really", "loved", "this", "movie"])]
     t = np.arange(0, 3, 0.01)
     audio = Frames(t, np.random.default_rng(0).normal(size=(t.size, 25)), np.ones(t.size, bool))
     visual = Frames(np.arange(0, 3, 1 / 30), np.full((90, 55), 0.1), np.ones(90, bool))
-    windows = [align_window(words, audio, visual, 0.0, 3.0, encoder),
-               align_window(negative_words(), audio, visual, 0.0, 3.0, encoder)]
+    windows = [align_window(words, audio, visual, 0.0, 3.0, encoder, profile),
+               align_window(negative_words(), audio, visual, 0.0, 3.0, encoder, profile)]
     present = np.asarray([[w.present[m] for m in ("text", "audio", "visual")] for w in windows])
     results = predictor.predict(np.stack([w.text for w in windows]), np.stack([w.audio for w in windows]),
                                 np.stack([w.visual for w in windows]), present)
     assert all(np.isfinite(r.sentiment) and -3 <= r.sentiment <= 3 for r in results)
     assert results[0].sentiment > 0 > results[1].sentiment  # it has learnt something of sentiment
-    # audio and visual are fed as zeros (trained on text only): they cannot change the estimate
-    silent = predictor.predict(windows[0].text[None], np.zeros((1, 50, 25)), np.zeros((1, 50, 55)))
-    assert silent[0].raw == pytest.approx(results[0].raw, abs=1e-5)
+    # visual is fed as zeros (trained with words and voice, never a face): it cannot change the estimate
+    faceless = predictor.predict(windows[0].text[None], windows[0].audio[None], np.zeros((1, 50, 55)), present[:1])
+    assert faceless[0].raw == pytest.approx(results[0].raw, abs=1e-5)
 
 
 def negative_words() -> list[Word]:

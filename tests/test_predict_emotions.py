@@ -69,7 +69,7 @@ def test_a_checkpoint_without_an_emotion_head_gives_none(tmp_path: Path) -> None
         assert p.emotions is None and p.modality_emotions is None and math.isfinite(p.sentiment)
 
 
-def test_the_bundled_default_checkpoint_has_no_emotions() -> None:
+def test_the_bundled_default_checkpoint_gives_the_seven_emotions() -> None:
     import dmd_model
 
     default = Path(dmd_model.__file__).resolve().parent / "checkpoints" / "default.pt"
@@ -77,7 +77,8 @@ def test_the_bundled_default_checkpoint_has_no_emotions() -> None:
     shapes = [predictor.input_shape(m) for m in ("text", "audio", "visual")]
     arrays = [np.zeros((1, *shape), np.float32) for shape in shapes]
     (p,) = predictor.predict(*arrays)
-    assert predictor.emotion_classes == 0 and p.emotions is None and p.modality_emotions is None
+    assert predictor.emotion_classes == len(EMOTIONS) and len(p.emotions) == len(EMOTIONS)
+    assert abs(sum(p.emotions) - 1) < 1e-5 and set(p.modality_emotions) == {"text", "audio", "visual"}
 
 
 def test_a_head_of_more_emotions_than_the_seven_is_refused_naming_the_count(tmp_path: Path) -> None:
