@@ -49,7 +49,8 @@ def media_of(dataset: Path) -> dict[str, Path]:
         for r in csv.DictReader(f):
             found = sorted((dataset / "Raw" / r["video_id"]).glob(f"{r['clip_id']}.*"))
             if found:
-                for key in (f"{r['video_id']}${r['clip_id']}", f"{r['video_id']}_{r['clip_id']}", r["clip_id"]):
+                # `dmd extract` names a clip video_id$_$clip_id (MMSA's ids); the others for older pickles
+                for key in (f"{r['video_id']}$_${r['clip_id']}", f"{r['video_id']}${r['clip_id']}", r["clip_id"]):
                     out[key] = found[0]
     return out
 
