@@ -71,7 +71,55 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-class FaceTracker:
+class _FrameBuffer:
+    """feed / take / finish over a subclass's `process(image, t) -> (values, present)`: the frames
+    fed in time order, handed out as `Frames` of width `dim`. Subclasses set `dim`, define
+    `process` and `close`, and call `_start_buffer()` in their constructor."""
+
+    dim: int
+
+    def _start_buffer(self) -> None:
+        self._last_t: float | None = None
+        self._times: list[float] = []
+        self._values: list[np.ndarray] = []
+        self._present: list[bool] = []
+
+    def process(self, image: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def feed(self, image: np.ndarray, t: float) -> None:
+        """Add the next video frame (RGB uint8) taken at session time `t` (seconds); times may repeat
+        but not go back, since the frames are read back by time."""
+        if self._last_t is not None and t < self._last_t:
+            raise FeatureError(
+                f"video frame at t={t} s comes after one at t={self._last_t} s: feed frames in time order, "
+                f"or start a new {type(self).__name__} for a new video"
+            )
+        self._last_t = float(t)
+        values, present = self.process(image, t)
+        self._times.append(float(t))
+        self._values.append(values)
+        self._present.append(present)
+
+    def take(self) -> Frames:
+        """The frames fed since the last take (MediaPipe answers each frame at once)."""
+        if not self._times:
+            return Frames.empty(self.dim)
+        frames = Frames(np.asarray(self._times), np.stack(self._values), np.asarray(self._present))
+        self._times, self._values, self._present = [], [], []
+        return frames
+
+    def finish(self) -> Frames:
+        """The frames not yet taken; the tracker is closed afterwards."""
+        frames = self.take()
+        self.close()
+        return frames
+
+
+class FaceTracker(_FrameBuffer):
     """Blendshapes and head pose of the face in a video, frame by frame: feed, take, finish.
 
         tracker = FaceTracker()
@@ -124,10 +172,7 @@ class FaceTracker:
             ) from e
         self.model_path = path
         self._last_ms: int | None = None
-        self._last_t: float | None = None
-        self._times: list[float] = []
-        self._values: list[np.ndarray] = []
-        self._present: list[bool] = []
+        self._start_buffer()
         self._last_face: list | None = None  # MediaPipe's landmarks, converted on demand
 
     def process(self, image: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
@@ -164,34 +209,6 @@ class FaceTracker:
             return None
         return np.array([(p.x, p.y, p.z) for p in self._last_face], np.float32)
 
-    def feed(self, image: np.ndarray, t: float) -> None:
-        """Add the next video frame (RGB uint8) taken at session time `t` (seconds); times may repeat
-        but not go back, since the frames are read back by time."""
-        if self._last_t is not None and t < self._last_t:
-            raise FeatureError(
-                f"video frame at t={t} s comes after one at t={self._last_t} s: feed frames in time order, "
-                "or start a new FaceTracker for a new video"
-            )
-        self._last_t = float(t)
-        values, present = self.process(image, t)
-        self._times.append(float(t))
-        self._values.append(values)
-        self._present.append(present)
-
-    def take(self) -> Frames:
-        """The frames fed since the last take (MediaPipe answers each frame at once)."""
-        if not self._times:
-            return Frames.empty(self.dim)
-        frames = Frames(np.asarray(self._times), np.stack(self._values), np.asarray(self._present))
-        self._times, self._values, self._present = [], [], []
-        return frames
-
-    def finish(self) -> Frames:
-        """The frames not yet taken; the tracker is closed afterwards."""
-        frames = self.take()
-        self.close()
-        return frames
-
     def close(self) -> None:
         if getattr(self, "_landmarker", None) is not None:
             self._landmarker.close()
@@ -204,7 +221,7 @@ class FaceTracker:
         self.close()
 
 
-class FaceFeatureStream:
+class FaceFeatureStream(_FrameBuffer):
     """The face frames of a video, 62 values per frame: feed, take, finish (or `process` one frame).
 
         face = FaceFeatureStream(expert_every=1)
@@ -239,10 +256,7 @@ class FaceFeatureStream:
         self.tracker = tracker if tracker is not None else FaceTracker()
         self._faces = 0  # frames with a face so far: the expert runs on every `expert_every`-th
         self.expert_runs = 0
-        self._last_t: float | None = None
-        self._times: list[float] = []
-        self._values: list[np.ndarray] = []
-        self._present: list[bool] = []
+        self._start_buffer()
 
     def process(self, image: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
         """The (62,) values of one RGB frame at session time `t`, and whether a face was found."""
@@ -260,33 +274,6 @@ class FaceFeatureStream:
                     values[len(VISUAL_NAMES):] = self.expert.predict(crop)[0]  # type: ignore[attr-defined]
                     self.expert_runs += 1
         return values, present
-
-    def feed(self, image: np.ndarray, t: float) -> None:
-        """Add the next video frame (RGB uint8) at session time `t`; times may repeat but not go back."""
-        if self._last_t is not None and t < self._last_t:
-            raise FeatureError(
-                f"video frame at t={t} s comes after one at t={self._last_t} s: feed frames in time order, "
-                "or start a new FaceFeatureStream for a new video"
-            )
-        self._last_t = float(t)
-        values, present = self.process(image, t)
-        self._times.append(float(t))
-        self._values.append(values)
-        self._present.append(present)
-
-    def take(self) -> Frames:
-        """The frames fed since the last take."""
-        if not self._times:
-            return Frames.empty(self.dim)
-        frames = Frames(np.asarray(self._times), np.stack(self._values), np.asarray(self._present))
-        self._times, self._values, self._present = [], [], []
-        return frames
-
-    def finish(self) -> Frames:
-        """The frames not yet taken; the tracker is closed afterwards."""
-        frames = self.take()
-        self.close()
-        return frames
 
     def close(self) -> None:
         self.tracker.close()
