@@ -6,6 +6,13 @@ subscriber (p50, p95), the inference stage alone (notice read to publish), windo
 per session.
 
     python bench/pipeline.py sessions --sessions 4 [--asr whisper|none] [--checkpoint PATH]
+        [--video-fps 15] [--processes]
+
+--processes runs the stages as separate processes, as a deployment does: one `dmd infer`, one
+`dmd asr` (serving every session) and a `dmd capture` per session; the CPU per session is then the
+sum over those processes (sampled with psutil from the moment every session has started to the last
+capture's end), and the subscriber is this process. Without it every stage runs in this one
+process, as `dmd run` runs them. --video-fps sets capture.video_fps (the face-tracking rate).
 
 batching: the inference worker alone on synthetic windows of 32 sessions (features and words
 already in Redis), micro-batched (max_batch 32) against batch 1: windows per second.
@@ -71,7 +78,9 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
     from workers.infer.worker import InferenceWorker
     from workers.wiring import DEMO_CLIP
 
-    settings = load_settings(overrides={"capture": {"speed": 1.0}})
+    if args.processes:
+        return await bench_processes(args)
+    settings = load_settings(overrides={"capture": {"speed": 1.0, **fps_override(args)}})
     embedded = None if args.redis else EmbeddedRedis()
     redis = connect(args.redis or embedded.url)
     predictor = Predictor(checkpoint_path(args.checkpoint), device=args.device)
@@ -116,8 +125,9 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
         embedded.close()
     duration = max(s.end_time for s in stats)
     return {
-        "bench": "sessions", "sessions": args.sessions, "asr": args.asr, "clip": clip.name,
-        "clip_seconds": round(duration, 2), "windows": expected, "estimates": len(received),
+        "bench": "sessions", "mode": "one process", "sessions": args.sessions, "asr": args.asr, "clip": clip.name,
+        "video_fps": settings.capture.video_fps, "clip_seconds": round(duration, 2), "windows": expected,
+        "estimates": len(received),
         "window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
         "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
         "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
@@ -129,11 +139,119 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
     }
 
 
+def fps_override(args: argparse.Namespace) -> dict:
+    return {} if args.video_fps is None else {"video_fps": args.video_fps}
+
+
+async def bench_processes(args: argparse.Namespace) -> dict:
+    """`bench_sessions` with every stage a process of its own (see the module documentation)."""
+    import subprocess
+
+    import psutil
+
+    from stream.keys import SessionKeys
+    from stream.lifecycle import session_events
+    from stream.publish import watch_estimates
+    from workers.wiring import DEMO_CLIP
+
+    embedded = None if args.redis else EmbeddedRedis()
+    url = args.redis or embedded.url
+    redis = connect(url)
+    dmd = str(Path(sys.executable).with_name("dmd"))
+    env = {**os.environ, "REDIS_URL": url, "DMD_CAPTURE_SPEED": "1"}
+    if args.video_fps is not None:
+        env["DMD_CAPTURE_VIDEO_FPS"] = str(args.video_fps)
+    clip = Path(args.clip or DEMO_CLIP)
+    received: list[tuple[float, object]] = []
+    ready = asyncio.Event()
+
+    async def subscriber() -> None:
+        async for est in watch_estimates(redis, None, ready=ready):
+            received.append((time.time(), est))
+
+    sub = asyncio.create_task(subscriber())
+    await ready.wait()
+    workers = [subprocess.Popen([dmd, "infer", "--checkpoint", str(checkpoint_path(args.checkpoint)),
+                                 "--device", args.device], env=env)]
+    if args.asr != "none":
+        workers.append(subprocess.Popen([dmd, "asr", "--asr", args.asr, "--max-sessions", str(args.sessions)], env=env))
+    await asyncio.sleep(8)  # models loaded before the clocks start
+    ids = [f"bench-{i}" for i in range(args.sessions)]
+    captures = [subprocess.Popen([dmd, "capture", "--source", str(clip), "--session", sid, "--speed", "1",
+                                  "--asr", args.asr], env=env, stdout=subprocess.DEVNULL) for sid in ids]
+    procs = [psutil.Process(p.pid) for p in (*workers, *captures)]
+
+    def cpu_now() -> dict[int, float]:
+        out = {}
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                out[proc.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        return out
+
+    origins: dict[str, float] = {}
+    while len(origins) < len(ids):  # every session announced: its start event carries origin_wall
+        for sid in ids:
+            events = [] if sid in origins else await session_events(redis, sid)
+            if events:
+                origins[sid] = float(events[0].info.get("origin_wall") or events[0].t)
+        await asyncio.sleep(0.05)
+    cpu0, wall0, last = cpu_now(), time.monotonic(), {}
+    own0 = time.process_time()
+    while any(c.poll() is None for c in captures):
+        last.update(cpu_now())
+        await asyncio.sleep(0.25)
+    wall = time.monotonic() - wall0
+    used = {pid: last.get(pid, v) - v for pid, v in cpu0.items()}
+    roles = {workers[0].pid: "infer", **({workers[1].pid: "asr"} if len(workers) > 1 else {}),
+             **{c.pid: "capture" for c in captures}}
+    by_role: dict[str, float] = {}
+    for pid, seconds in used.items():
+        by_role[roles[pid]] = by_role.get(roles[pid], 0.0) + seconds
+    by_role["subscriber"] = time.process_time() - own0
+    cpu = sum(by_role.values())
+    for c in captures:
+        if c.returncode != 0:
+            raise SystemExit(f"dmd capture exited with {c.returncode}")
+
+    async def published() -> int:
+        return sum([await redis.xlen(SessionKeys(sid).estimates) for sid in ids])
+
+    settled, count = time.monotonic(), -1
+    while time.monotonic() - settled < 5 and time.monotonic() - wall0 - wall < 60:  # nothing new for 5 s
+        now = await published()
+        if now != count:
+            count, settled = now, time.monotonic()
+        await asyncio.sleep(0.2)
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.wait(timeout=30)
+    sub.cancel()
+    await asyncio.gather(sub, return_exceptions=True)
+    await redis.aclose()
+    if embedded:
+        embedded.close()
+    end_to_sub = [(t - (origins[e.session] + e.t_end)) * 1000 for t, e in received]
+    stage = [e.latency_ms["notice_to_publish"] for _, e in received]
+    return {
+        "bench": "sessions", "mode": "processes", "sessions": args.sessions, "asr": args.asr, "clip": clip.name,
+        "video_fps": args.video_fps, "published": count, "estimates": len(received),
+        "distinct_windows": len({(e.session, e.window) for _, e in received}),
+        "window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
+        "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
+        "cpu_per_session": round(cpu / wall / args.sessions, 3), "seconds": round(wall, 1),
+        "cpu_per_session_by_process": {k: round(v / wall / args.sessions, 3) for k, v in by_role.items()},
+        "machine": machine(),
+    }
+
+
 async def bench_batching(args: argparse.Namespace) -> dict:
     from dmd_model.artefacts.predict import Predictor
     from dmd_model.features import voiced_mask
     from dmd_types import Frames, Word
-    from stream.keys import INFER_GROUP, WINDOWS
     from stream.lifecycle import start_session
     from stream.messages import ACOUSTIC, FACE, AsrWords
     from stream.session import Session
@@ -176,7 +294,7 @@ async def bench_batching(args: argparse.Namespace) -> dict:
         elapsed = time.monotonic() - start
         worker.stop()
         await task
-        pending = (await redis.xpending(WINDOWS, INFER_GROUP))["pending"]
+        pending = await worker.consumer.pending()  # every partition of dmd:windows
         runs[max_batch].append({"windows": worker.published, "seconds": round(elapsed, 2),
                                 "windows_per_second": round(worker.published / elapsed, 1), "pending_after": pending})
     await redis.aclose()
@@ -208,6 +326,9 @@ def main() -> None:
         if name == "sessions":
             p.add_argument("--asr", default="whisper", choices=["whisper", "vosk", "none"])
             p.add_argument("--clip", help="media file (default: the bundled demo clip)")
+            p.add_argument("--video-fps", type=float, help="capture.video_fps: the face-tracking rate")
+            p.add_argument("--processes", action="store_true",
+                           help="each stage a process of its own (dmd infer, dmd asr, dmd capture per session)")
         else:
             p.add_argument("--windows", type=int, default=20, help="windows per session")
     args = ap.parse_args()
