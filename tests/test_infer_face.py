@@ -325,7 +325,8 @@ def test_capture_and_extraction_give_the_same_face_frames_with_the_experts_proba
     from workers.settings import PipelineSettings
 
     settings = PipelineSettings()  # every tracked frame through the expert (capture.face_expert_every: 1)
-    assert settings.capture.face_expert_every == 1 and settings.capture.video_fps >= 10
+    settings.capture.video_fps = 10  # every frame of the 10 fps clip, as extraction takes them
+    assert settings.capture.face_expert_every == 1
 
     async def captured() -> tuple[Frames, int]:
         r = connect(redis_url)

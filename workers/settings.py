@@ -37,7 +37,7 @@ class WindowSettings:
 @dataclass
 class CaptureSettings:
     chunk_ms: int = 100  # PCM chunk pushed to Redis
-    video_fps: float = 15.0  # face-tracking rate; camera frames in between are skipped
+    video_fps: float = 5.0  # face-tracking rate; camera frames in between are skipped (BENCHMARKS.md: why 5)
     face_expert_every: int = 1  # the face expert on every n-th tracked frame with a face (1: each; 0: off)
     video_queue: int = 4  # frames waiting for the face tracker; the oldest are dropped when full
     audio_queue: int = 50  # chunks waiting for the audio features; full: a file source waits, a live one errs
