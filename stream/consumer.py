@@ -53,9 +53,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .codec import MessageError, pack, unpack
-from .connection import CONNECTION_ERRORS, Backoff, partitions_for, retry_outage
+from .connection import CONNECTION_ERRORS, Backoff, backoff_for, partitions_for, retry_outage
 from .keys import DEAD, INFER_GROUP, WINDOWS, Partitions
 from .messages import from_fields
+from .replication import replication_for
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -68,11 +69,16 @@ def _text(value: bytes | str) -> str:
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str, start_id: str = "0") -> bool:
     """Create consumer group `group` on `stream` (and the stream, MKSTREAM) unless it exists.
     Returns True if it was created. `start_id` "0" serves entries already in the stream, "$" only
-    new ones."""
+    new ones. On a cluster whose masters have replicas the group is on a replica before this returns
+    (a group lost with its master would be made again from `start_id`: every entry delivered again)."""
+    replication = replication_for(redis)
     try:
-        await redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+        if replication.enabled:
+            await replication.write(stream, lambda pipe: pipe.xgroup_create(stream, group, id=start_id, mkstream=True))
+        else:
+            await redis.xgroup_create(stream, group, id=start_id, mkstream=True)
     except ResponseError as exc:
-        if str(exc).startswith("BUSYGROUP"):
+        if "BUSYGROUP" in str(exc):  # (in a pipeline's error, after "Command # 1 (...) caused error: ")
             return False
         raise
     return True
@@ -188,7 +194,7 @@ class GroupConsumer:
         self.dead_stream = dead_stream
         self.dead_maxlen = dead_maxlen
         self.start_id = start_id
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or backoff_for(redis)
         self.max_outage_s = max_outage_s
         self.counts: Counter[str] = Counter()
         self._in_flight: set[str] = set()  # handed out, not yet acked, dead-lettered or released
@@ -223,13 +229,7 @@ class GroupConsumer:
                 deliveries = await self._read_once(count, block_ms)
                 self.backoff.reset()
                 return deliveries
-            except ResponseError as exc:
-                if not str(exc).startswith("NOGROUP"):
-                    raise
-                # the server lost the group (restarted without persistence): make it again
-                log.warning("group %s on %s is gone (%s): creating it again", self.group, self.stream, exc)
-                self._group_ready = False
-            except CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:  # first: a cluster's CLUSTERDOWN is a ResponseError too
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
                 self.counts["reconnects"] += 1
@@ -238,6 +238,12 @@ class GroupConsumer:
                 log.warning("reading %s: Redis unreachable (%s: %s); retrying in %.2f s", self.stream,
                             type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                # the server lost the group (restarted without persistence): make it again
+                log.warning("group %s on %s is gone (%s): creating it again", self.group, self.stream, exc)
+                self._group_ready = False
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._forever()

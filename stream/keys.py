@@ -22,6 +22,7 @@ events there, and the consumer groups are made on and read every partition.
 | `dmd:{sid}:estimates` | stream | inference | published estimates (history) |
 | `dmd:{sid}:state` | hash | inference | the EMA: last window folded in and its value |
 | `dmd:{sid}:published:{k}` | string | inference | marker: window k was published (expires) |
+| `dmd:{sid}:sync` | string | capture, inference | written before a WAIT for a replica (stream.replication; expires) |
 | `dmd:windows` | stream, group "infer" | capture | window notices: the jobs |
 | `dmd:dead` | stream | any consumer | entries given up on, with their reason |
 | `dmd:dead:count` | integer | any consumer | how many entries went to `dmd:dead` |
@@ -132,6 +133,12 @@ class SessionKeys:
         return self._key(f"published:{int(window)}")
 
     @property
+    def sync(self) -> str:
+        """Written just before a WAIT for a replica on a cluster with replicas (stream.replication): a
+        replica that has it has every write made before it to the session's keys (expires)."""
+        return self._key("sync")
+
+    @property
     def channel(self) -> str:
         """Pub/sub channel of this session's estimates."""
         return estimate_channel(self.session)
@@ -234,8 +241,22 @@ ACL_COMMANDS: tuple[str, ...] = (
 )
 
 
-def acl_rule() -> list[str]:
+# On a Redis Cluster (every node gets the same user) the client also learns the cluster at connect
+# and after a failover (CLUSTER SLOTS, and COMMAND for the commands' key positions), follows
+# redirections during a resharding (ASKING), publishes and subscribes sharded (SPUBLISH, SSUBSCRIBE:
+# their channels are checked against the same `&dmd:est:*`), and waits for replicas
+# (stream.replication: ROLE, WAIT). SELECT, PUBLISH, SUBSCRIBE and PSUBSCRIBE are not used there.
+ACL_CLUSTER_COMMANDS: tuple[str, ...] = (
+    *(c for c in ACL_COMMANDS if c not in ("select", "publish", "subscribe", "psubscribe")),
+    "spublish", "ssubscribe",  # estimates, sharded
+    "cluster|slots", "command", "asking",  # the cluster's topology, key positions, redirections
+    "role", "wait",  # writes that must outlive their master
+)
+
+
+def acl_rule(cluster: bool = False) -> list[str]:
     """The ACL rules of the workers' user, to follow `user NAME on >PASSWORD` in an ACL file, a
-    `--user` option of redis-server or ACL SETUSER: its keys, its channels, its commands and no other."""
+    `--user` option of redis-server or ACL SETUSER: its keys, its channels, its commands and no other.
+    `cluster`: the rule for every node of a Redis Cluster (`ACL_CLUSTER_COMMANDS`)."""
     return ["resetkeys", f"~{ACL_KEYS}", "resetchannels", f"&{ACL_CHANNELS}", "-@all",
-            *(f"+{command}" for command in ACL_COMMANDS)]
+            *(f"+{command}" for command in (ACL_CLUSTER_COMMANDS if cluster else ACL_COMMANDS))]

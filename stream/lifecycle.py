@@ -25,9 +25,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from .codec import MessageError
-from .connection import Backoff, partitions_for, retry_outage
+from .connection import backoff_for, partitions_for, retry_outage
 from .keys import ASR_GROUP, SESSIONS, Partitions, SessionKeys
 from .messages import SessionEvent
+from .replication import replication_for
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,26 @@ async def announce(redis: aioredis.Redis, event: SessionEvent, *, max_outage_s: 
                    partitions: Partitions | None = None) -> str:
     """Write `event` to the session's events stream, then to `dmd:sessions` (the session's partition
     of it: `partitions`, by default `partitions_for(redis)`); returns the id there. Retried while
-    Redis is away (up to `max_outage_s`)."""
+    Redis is away (up to `max_outage_s`). On a cluster whose masters have replicas each write is on a
+    replica before this goes on (stream.replication)."""
     fields = event.to_fields()
     keys = SessionKeys(event.session)
     sessions = (partitions or partitions_for(redis)).for_session("sessions", event.session)
-    backoff = Backoff()
+    backoff = backoff_for(redis)
+    replication = replication_for(redis)
+
+    async def xadd(key: str, maxlen: int) -> Any:
+        if replication.enabled:
+            [entry] = await replication.write(key, lambda pipe: pipe.xadd(key, fields, maxlen=maxlen,
+                                                                          approximate=True))
+            return entry
+        return await redis.xadd(key, fields, maxlen=maxlen, approximate=True)
 
     async def own() -> Any:
-        return await redis.xadd(keys.events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+        return await xadd(keys.events, EVENTS_MAXLEN)
 
     async def shared() -> Any:
-        return await redis.xadd(sessions, fields, maxlen=SESSIONS_MAXLEN, approximate=True)
+        return await xadd(sessions, SESSIONS_MAXLEN)
 
     await retry_outage(own, backoff=backoff, max_outage_s=max_outage_s, what=f"session {event.session} events")
     entry = await retry_outage(shared, backoff=backoff, max_outage_s=max_outage_s, what=sessions)

@@ -67,10 +67,11 @@ from redis.exceptions import WatchError
 from dmd_types import EMOTIONS
 
 from .codec import MessageError
-from .connection import is_cluster, partitions_for
+from .connection import backoff_for, is_cluster, partitions_for, retry_outage
 from .estimate import EmaState, Estimate, check_probabilities, ema_update, ema_update_emotions
 from .keys import PREFIX, SessionKeys, estimate_channel
 from .messages import SessionEvent
+from .replication import replication_for
 
 ESTIMATE_FIELD = "estimate"
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class EstimatePublisher:
     """Publishes estimates to `dmd:{sid}:estimates` and `dmd:est:{sid}`, once per window, with the EMA."""
 
     def __init__(self, redis: aioredis.Redis, *, alpha: float = 0.3, marker_ttl_s: int = 900,
-                 estimates_maxlen: int = 7200, max_attempts: int = 100) -> None:
+                 estimates_maxlen: int = 7200, max_attempts: int = 100, max_outage_s: float | None = 30.0) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"EMA alpha = {alpha!r}: expected 0 < alpha <= 1")
         self.redis = redis
@@ -100,12 +101,25 @@ class EstimatePublisher:
         self.marker_ttl_s = int(marker_ttl_s)
         self.estimates_maxlen = int(estimates_maxlen)  # 7200 windows: one hour at a 0.5 s hop
         self.max_attempts = max_attempts
+        self.max_outage_s = max_outage_s
         self.conflicts = 0  # transactions retried because another publish of the session came first
         self._sharded = is_cluster(redis)  # SPUBLISH on a cluster
+        self._replication = replication_for(redis)
 
     async def publish(self, estimate: Estimate, expire_s: int | None = None) -> Publication:
         """Publish `estimate` once (module docstring). `expire_s`: the session has ended, so its
-        estimates and EMA state go that many seconds from now (set in the same transaction)."""
+        estimates and EMA state go that many seconds from now (set in the same transaction).
+
+        Retried while Redis is away, up to `max_outage_s` (a cluster failing over: a few seconds): a
+        transaction that landed before its connection dropped leaves its marker, so the retry reports
+        `published` False and sends nothing. On a cluster whose masters have replicas the publish is
+        on a replica before this returns (stream.replication), so the window's notice is acked only
+        once its estimate survives the loss of the session's master."""
+        return await retry_outage(self._publish, estimate, expire_s, backoff=backoff_for(self.redis),
+                                  max_outage_s=self.max_outage_s,
+                                  what=f"publishing window {estimate.window} of session {estimate.session}")
+
+    async def _publish(self, estimate: Estimate, expire_s: int | None) -> Publication:
         keys = SessionKeys(estimate.session)
         marker = keys.published(estimate.window)
         for _ in range(self.max_attempts):
@@ -149,6 +163,8 @@ class EstimatePublisher:
                     pipe.expire(keys.estimates, int(results[-1]))
                     pipe.expire(keys.state, int(results[-1]))
                     await pipe.execute()
+            if self._replication.enabled:
+                await self._replication.sync(keys.sync)
             return Publication(published=True, estimate=final, late=new_state is None,
                                entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
         raise RuntimeError(f"could not publish window {estimate.window} of session {estimate.session!r}: "

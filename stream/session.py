@@ -38,11 +38,12 @@ from redis.exceptions import ResponseError
 
 from dmd_types import Frames, Word
 
-from .connection import CONNECTION_ERRORS, Backoff, partitions_for, retry_outage
+from .connection import CONNECTION_ERRORS, Backoff, backoff_for, partitions_for, retry_outage
 from .estimate import Estimate
 from .keys import Partitions, SessionKeys, parse_session_key, session_key_pattern
 from .messages import AsrWords, FrameKind, Kind, WindowNotice, codec, from_fields, to_fields
 from .publish import ESTIMATE_FIELD
+from .replication import replication_for
 from .window import Window
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,9 @@ class Session:
             raise ValueError(f"retention_s = {retention_s!r}: expected a positive number of seconds")
         self.retention_s = retention_s
         self.windows_maxlen = windows_maxlen
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or backoff_for(redis)
         self.max_outage_s = max_outage_s
+        self.replication = replication_for(redis)
         self._last: dict[str, tuple[int, int]] = {}  # stream -> last id written, as (ms, seq)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -111,6 +113,13 @@ class Session:
                     await self.redis.xadd(key, fields, id=entry_id, minid=minid if minid > 0 else None,
                                           approximate=True)
                     break
+                except CONNECTION_ERRORS as exc:  # first: a cluster's CLUSTERDOWN is a ResponseError too
+                    if time.monotonic() > deadline:
+                        raise
+                    retried = True
+                    delay = self.backoff.next_delay()
+                    log.warning("XADD %s failed (%s); retrying in %.2f s", key, exc, delay)
+                    await asyncio.sleep(delay)
                 except ResponseError as exc:
                     if "equal or smaller" not in str(exc):
                         raise
@@ -123,13 +132,6 @@ class Session:
                     self._last[stream] = await self._read_last_id(key)
                     entry_id = self._next_id(stream, ms)
                     resynced = True
-                except CONNECTION_ERRORS as exc:
-                    if time.monotonic() > deadline:
-                        raise
-                    retried = True
-                    delay = self.backoff.next_delay()
-                    log.warning("XADD %s failed (%s); retrying in %.2f s", key, exc, delay)
-                    await asyncio.sleep(delay)
             self.backoff.reset()
             self._last[stream] = _split_id(entry_id)
             return entry_id
@@ -149,13 +151,23 @@ class Session:
                                   what=f"session {self.id}")
 
     async def notify_window(self, window: Window) -> str:
-        """Send the notice that `window` is complete to `dmd:windows`; returns the entry id."""
+        """Send the notice that `window` is complete to `dmd:windows`; returns the entry id.
+
+        On a cluster whose masters have replicas (stream.replication) the window's data is on a
+        replica of the session's master first, and the notice on a replica of its own before this
+        returns: a master that dies now loses neither."""
         notice = WindowNotice(session=self.id, window=window.index, t_start=window.t_start, t_end=window.t_end,
                               notice_time=time.time())
+        if self.replication.enabled:
+            await self._retrying(self.replication.sync, self.keys.sync)
         entry_id = await self._retrying(self._xadd_notice, notice)
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     async def _xadd_notice(self, notice: WindowNotice) -> bytes:
+        if self.replication.enabled:
+            [entry_id] = await self.replication.write(self.windows, lambda pipe: pipe.xadd(
+                self.windows, notice.to_fields(), maxlen=self.windows_maxlen, approximate=True))
+            return entry_id
         return await self.redis.xadd(self.windows, notice.to_fields(), maxlen=self.windows_maxlen, approximate=True)
 
     # --- reading ------------------------------------------------------------------------------------
@@ -235,11 +247,15 @@ class Session:
         return [Estimate.from_json(fields[ESTIMATE_FIELD.encode()]) for _, fields in reversed(entries)]
 
     async def expire(self, seconds: int) -> None:
-        """Let the session's keys go `seconds` after it ended (its streams, estimates and EMA state)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in self.keys.all_keys():
-                pipe.expire(key, int(seconds))
-            await pipe.execute()
+        """Let the session's keys go `seconds` after it ended (its streams, estimates and EMA state);
+        retried while Redis is away (up to `max_outage_s`)."""
+        async def expire() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in self.keys.all_keys():
+                    pipe.expire(key, int(seconds))
+                await pipe.execute()
+
+        await self._retrying(expire)
 
 
 async def sessions_with(redis: aioredis.Redis, name: str) -> AsyncIterator[str]:

@@ -1,8 +1,14 @@
-"""A real Redis Cluster for the tests: three masters of Debian's redis-server 7 on free loopback ports,
-joined with `redis-cli --cluster create`, one folder per node, torn down after.
+"""A real Redis Cluster for the tests: masters (and replicas) of Debian's redis-server 7 on free loopback
+ports, joined with `redis-cli --cluster create`, one folder per node, torn down after.
 
-- `redis_cluster`: one cluster for the test module (`RedisClusterNodes`: `url`, `ports`, `client()`);
+- `redis_cluster`: three masters for the test module (`RedisClusterNodes`: `url`, `ports`, `client()`);
   `flush()` empties every master between tests.
+- `RedisClusterNodes(directory, replicas=1, users=...)`: three masters with a replica each
+  (`--cluster-replicas 1`), for failover tests; `users` are `--user` rules given to every node, and
+  with users the default user is off: the test's own clients, `redis-cli` and the replicas' link
+  to their masters (`masteruser`) log in as `admin`. `kill(port)` ends a node with SIGKILL,
+  `pause(port)` and `resume(port)` stop and continue one (SIGSTOP, SIGCONT), `master_of(key)` and
+  `replica_of(master)` find nodes.
 
 Each node gets its client port and its cluster bus port (`--cluster-port`) from the free ports, so a
 client port above 55535 (bus port = port + 10000 by default) cannot make a node fail to start. Without
@@ -12,10 +18,13 @@ redis-server or redis-cli on the PATH the tests that need a cluster skip, saying
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,54 +37,91 @@ except ImportError:
 
 REDIS_CLI = shutil.which("redis-cli")
 MASTERS = 3
+ADMIN = "admin"
 
 
 class RedisClusterNodes:
-    """`masters` redis-server processes with cluster mode on, each in `directory`/node-<port>."""
+    """`masters` redis-server processes with cluster mode on, each with `replicas` replicas, each node in
+    `directory`/node-<port>. `node_timeout_ms` is `cluster-node-timeout`: how long a master may be
+    unreachable before the others take it for failed and its replica is promoted."""
 
-    def __init__(self, directory: Path, masters: int = MASTERS) -> None:
+    def __init__(self, directory: Path, masters: int = MASTERS, *, replicas: int = 0, node_timeout_ms: int = 2000,
+                 users: Sequence[Sequence[str]] = ()) -> None:
         if REDIS_SERVER is None or REDIS_CLI is None:
             pytest.skip(MISSING + " (redis-cli too, for `redis-cli --cluster create`)")
         self.directory = Path(directory)
-        self.ports = [free_port() for _ in range(masters)]
-        self.pids: list[int] = []
+        self.replicas = replicas
+        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
+        self.node_timeout_ms = node_timeout_ms
+        self.users = [list(user) for user in users]
+        self.admin_password = secrets.token_urlsafe(18) if users else None
+        self.pids: dict[int, int] = {}  # port -> pid of the nodes running
 
     @property
     def url(self) -> str:
         """`redis+cluster://` to the first node: the client learns the others from it."""
-        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+        return self.url_for(ADMIN, self.admin_password) if self.admin_password else \
+            f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def url_for(self, user: str, password: str | None, port: int | None = None) -> str:
+        """`redis+cluster://user:password@...` to node `port` (the first by default)."""
+        return f"redis+cluster://{user}:{password}@127.0.0.1:{port or self.ports[0]}"
+
+    def _auth(self) -> dict[str, str]:
+        return {"username": ADMIN, "password": self.admin_password} if self.admin_password else {}
 
     def node_client(self, port: int) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5, retry=NO_RETRY)
+        return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5, retry=NO_RETRY,
+                           **self._auth())
 
-    def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0], socket_connect_timeout=1, socket_timeout=5)
+    def client(self, port: int | None = None) -> redis.RedisCluster:
+        port = port or next(p for p in self.ports if p in self.pids)
+        return redis.RedisCluster(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5,
+                                  **self._auth())
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        auth = ["--user", "default", "off", "--user", ADMIN, "on", f">{self.admin_password}", "~*", "&*", "+@all",
+                *(word for user in self.users for word in ("--user", *user)),
+                "--masteruser", ADMIN, "--masterauth", self.admin_password] if self.admin_password else []
         for port in self.ports:
             node = self.directory / f"node-{port}"
             node.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-port", str(free_port()), "--cluster-config-file", str(node / "nodes.conf"),
-                 "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no", "--daemonize", "yes",
-                 "--pidfile", str(node / "redis.pid"), "--dir", str(node), "--logfile", str(node / "redis.log")],
+                 "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no",
+                 "--repl-diskless-sync-delay", "0",  # a replica's first sync at once, not after 5 s
+                 "--daemonize", "yes", "--pidfile", str(node / "redis.pid"), "--dir", str(node),
+                 "--logfile", str(node / "redis.log"), *auth],
                 check=True, capture_output=True, timeout=timeout)
         deadline = time.monotonic() + timeout
         for port in self.ports:
             self._wait(port, deadline, lambda c: c.ping(), "answer PING")
-            self.pids.append(int((self.directory / f"node-{port}" / "redis.pid").read_text().strip()))
+            self.pids[port] = int((self.directory / f"node-{port}" / "redis.pid").read_text().strip())
+        login = ["--user", ADMIN, "--pass", self.admin_password] if self.admin_password else []
         created = subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "0",
-             "--cluster-yes"], capture_output=True, text=True, timeout=timeout)
+            [REDIS_CLI, *login, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True, text=True, timeout=timeout)
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed ({created.returncode}):\n"
                                f"{created.stdout[-2000:]}\n{created.stderr[-2000:]}")
         for port in self.ports:
             self._wait(port, deadline, lambda c: b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO"),
                        "report cluster_state:ok")
+        if self.replicas:
+            # every replica has its master's data and every master counts its replicas: a write
+            # waited for (WAIT) from now on is on a replica
+            for port in self.ports:
+                self._wait(port, deadline, self._replication_up, "have its replication link up")
 
-    def _wait(self, port: int, deadline: float, check, what: str) -> None:
+    def _replication_up(self, client: redis.Redis) -> bool:
+        info = client.info("replication")
+        if info["role"] == "slave":
+            return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
+        return info.get("connected_slaves", 0) >= self.replicas
+
+    def _wait(self, port: int, deadline: float, check: Callable[[redis.Redis], object], what: str) -> None:
         client = self.node_client(port)
         try:
             while True:
@@ -89,23 +135,104 @@ class RedisClusterNodes:
         finally:
             client.close()
 
+    # -- the nodes' roles ----------------------------------------------------------------------------------
+    def masters(self) -> list[int]:
+        """The ports of the nodes running as masters now."""
+        found = []
+        for port in self.pids:
+            client = self.node_client(port)
+            with contextlib.suppress(redis.ConnectionError):
+                if client.info("replication")["role"] == "master":
+                    found.append(port)
+            client.close()
+        return found
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves `key` (asked of a running node)."""
+        from redis.crc import key_slot
+
+        client = self.node_client(next(iter(self.pids)))
+        try:
+            slot = key_slot(key.encode())
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        finally:
+            client.close()
+        raise AssertionError(f"no node serves slot {slot} of {key!r}")
+
+    def replica_of(self, master: int) -> int:
+        """The port of a replica of master `master`."""
+        client = self.node_client(master)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return int(info["slave0"]["port"])
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP node `port`: it answers nobody, its master's WAITs included, until `resume`."""
+        os.kill(self.pids[port], signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        os.kill(self.pids[port], signal.SIGCONT)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL node `port`: no shutdown, no goodbye to its replica or its clients."""
+        pid = self.pids.pop(port)
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.001)
+
+    def cluster_ok(self) -> bool:
+        """Every running node reports cluster_state:ok and has every slot served by a running master
+        (right after a kill the nodes still report ok: they have not yet noticed)."""
+        for port in self.pids:
+            client = self.node_client(port)
+            try:
+                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return False
+                slots = client.execute_command("CLUSTER", "SLOTS")
+                if any(int(master[1]) not in self.pids for _, _, master, *_ in slots):
+                    return False
+            except redis.ConnectionError:
+                return False
+            finally:
+                client.close()
+        return True
+
+    def acl_log(self, user: str) -> dict[int, list[dict]]:
+        """`ACL LOG` of every running node: the entries of `user`, by port."""
+        found = {}
+        for port in self.pids:
+            client = self.node_client(port)
+            found[port] = [e for e in client.acl_log() if e.get("username") == user]
+            client.close()
+        return found
+
+    def reset_acl_log(self) -> None:
+        for port in self.pids:
+            client = self.node_client(port)
+            client.execute_command("ACL", "LOG", "RESET")
+            client.close()
+
     def flush(self) -> None:
-        for port in self.ports:
+        for port in self.masters():
             client = self.node_client(port)
             client.flushall()
             client.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        for port in self.ports:
+        for port in self.pids:
             client = self.node_client(port)
             with contextlib.suppress(redis.ConnectionError):
                 client.shutdown(nosave=True)
             client.close()
         deadline = time.monotonic() + timeout
-        for pid in self.pids:
+        for pid in self.pids.values():
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
-        self.pids = []
+        self.pids = {}
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ import redis.asyncio as aioredis
 
 from dmd_types import SAMPLE_RATE, PcmChunk, Word
 from stream.codec import MessageError
-from stream.connection import CONNECTION_ERRORS, Backoff, retry_outage
+from stream.connection import CONNECTION_ERRORS, backoff_for, retry_outage
 from stream.consumer import Delivery, PartitionedConsumer
 from stream.keys import ASR_GROUP, SESSIONS, SessionKeys
 from stream.lifecycle import LeaseLost, SessionLease
@@ -116,7 +116,7 @@ class AsrSession:
         self._audio_cursor = "0-0"
         self._events_cursor = "0-0"
         self._end: SessionEvent | None = None
-        self._backoff = Backoff()
+        self._backoff = backoff_for(redis)
 
     @property
     def id(self) -> str:

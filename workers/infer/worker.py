@@ -44,6 +44,7 @@ from dmd_model.features.text import PrecomputedTokens
 from dmd_types import EMOTIONS, Frames, Word
 from dmd_types.words import confident_words
 from stream.codec import MessageError
+from stream.connection import backoff_for, retry_outage
 from stream.consumer import Delivery, PartitionedConsumer
 from stream.estimate import Estimate, ModalityResult
 from stream.keys import INFER_GROUP, WINDOWS, SessionKeys
@@ -62,6 +63,9 @@ log = logging.getLogger("dmd.infer")
 # reads (afeat, vfeat and words together) and redis-py's asyncio pool refuses a 101st connection
 # with MaxConnectionsError, which a burst of notices (a file replayed flat out) would reach without this bound.
 READS_AT_ONCE = 24
+# How long a window's read waits for Redis to come back (a cluster's failover takes a few seconds)
+# before the window is left pending, to be claimed again later.
+READ_OUTAGE_S = 30.0
 
 
 @dataclass
@@ -207,7 +211,11 @@ class InferenceWorker:
                     notice = delivery.decode(WindowNotice)
                 async with self._reads:
                     with _blamed("session data"):
-                        job = await self._read_window(delivery, notice, received)
+                        # a failover or an outage is ridden out here, the window kept in hand: a window
+                        # released at each failed try would be delivered again and counted each time
+                        job = await retry_outage(self._read_window, delivery, notice, received,
+                                                 backoff=backoff_for(self.redis), max_outage_s=READ_OUTAGE_S,
+                                                 what=f"reading window {delivery.id}")
                 if previous is not None:
                     await asyncio.shield(previous)
                 job.published = asyncio.get_running_loop().create_future()
