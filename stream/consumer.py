@@ -24,9 +24,10 @@ A crashed worker's entries are pending under its name; the others claim them onc
 for `claim_idle_ms`, which must exceed the longest a job can take (a slow job is otherwise done
 twice; `EstimatePublisher` publishes a window once, so that is wasted work, not a wrong result).
 
-When Redis goes away, `read` retries with exponential backoff and jitter (capped), and after it
-reconnects it first reads this consumer's own pending entries again (XREADGROUP from id 0): an entry
-that Redis delivered while the reply was lost is not lost. An entry is acked only by `ack` or a dead
+When Redis goes away (or a Redis Cluster fails over: CLUSTERDOWN, TRYAGAIN), `read` retries with
+exponential backoff and jitter (capped), and after it reconnects it first reads this consumer's own
+pending entries again (XREADGROUP from id 0): an entry that Redis delivered while the reply was lost
+is not lost. An entry is acked only by `ack` or a dead
 letter, so nothing unacknowledged is ever dropped; Redis persistence decides what survives a restart.
 
 A dead letter (`dmd:dead`, trimmed to `dead_maxlen`) holds the entry's stream, id, group, consumer,

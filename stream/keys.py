@@ -38,7 +38,8 @@ with one blocking read; the "end" entry in `dmd:sessions` may go to any worker, 
 
 Access. The workers touch only keys under `dmd:` and channels under `dmd:est:`, with the commands of
 `ACL_COMMANDS`: `acl_rule()` is the rule of a Redis ACL user limited to that (docs/DEPLOY.md, tested
-over TLS by tests/test_redis_security.py).
+over TLS by tests/test_redis_security.py); `acl_rule(cluster=True)` the one for every node of a Redis
+Cluster (`ACL_CLUSTER_COMMANDS`, tested by tests/test_cluster_failover.py).
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ Why this shape:
   the session's hash tag, so it lives on the node of the session's keys (SPUBLISH inside the MULTI
   is allowed there), and a message goes to that node's subscribers only instead of every node.
   Subscribers use SSUBSCRIBE (`watch_estimates`).
+- Ack after a replica has it. On a cluster whose masters have replicas `publish` returns only once a
+  replica has the transaction (stream.replication: a write to `dmd:{sid}:sync`, then WAIT), so the
+  notice's XACK never outlives an estimate lost with its master. A publish is retried while Redis is
+  away (a failover); one whose EXEC had landed finds its marker and sends nothing.
 - Nothing outlives its session. When a capture worker ends a session it sets its keys to expire
   (`capture.ended_ttl_s`, `Session.expire`), but the estimates stream and the EMA state may not
   exist yet (inference behind a capture that ran faster than real time), and a worker may publish

@@ -19,9 +19,10 @@ to serve more sessions. For each window notice it
 6. publishes the estimate (stream + pub/sub, once per window, with the session's EMA of sentiment
    and of emotions) and only then acknowledges the notice.
 
-A notice or session entry that cannot be decoded goes to `dmd:dead` with its reason; any other
-failure leaves the notice pending, to be claimed again (by this or another worker) and dead-lettered
-after `max_deliveries`. `stop()` (SIGTERM) stops taking notices and finishes those in flight.
+A notice or session entry that cannot be decoded goes to `dmd:dead` with its reason; Redis away (a
+restart, a cluster's failover) is waited out with the window in hand, up to 30 s for its read and
+for its publish; any other failure leaves the notice pending, to be claimed again (by this or another
+worker) and dead-lettered after `max_deliveries`. `stop()` (SIGTERM) stops taking notices and finishes those in flight.
 """
 
 from __future__ import annotations
