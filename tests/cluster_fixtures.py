@@ -22,13 +22,14 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from redis_fixtures import MISSING, NO_RETRY, REDIS_SERVER, _alive, free_port
+from redis_fixtures import MISSING, NO_RETRY, REDIS_SERVER, _alive
 
 try:
     import redis
@@ -51,11 +52,28 @@ class RedisClusterNodes:
             pytest.skip(MISSING + " (redis-cli too, for `redis-cli --cluster create`)")
         self.directory = Path(directory)
         self.replicas = replicas
-        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
+        self.nodes = masters * (1 + replicas)
+        self.ports, self.bus_ports = self._pick_ports()
         self.node_timeout_ms = node_timeout_ms
         self.users = [list(user) for user in users]
         self.admin_password = secrets.token_urlsafe(18) if users else None
         self.pids: dict[int, int] = {}  # port -> pid of the nodes running
+        self.killed: set[int] = set()
+
+    def _pick_ports(self) -> tuple[list[int], list[int]]:
+        """A client port and a cluster bus port for each node, all different: held open together while
+        they are picked (one at a time, a port freed could be handed out twice)."""
+        sockets = []
+        try:
+            for _ in range(2 * self.nodes):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", 0))
+                sockets.append(sock)
+            ports = [sock.getsockname()[1] for sock in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+        return ports[:self.nodes], ports[self.nodes:]
 
     @property
     def url(self) -> str:
@@ -79,16 +97,29 @@ class RedisClusterNodes:
         return redis.RedisCluster(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5,
                                   **self._auth())
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Start the nodes and make them a cluster. A node that cannot bind its port (another process
+        took it after it was picked) makes every node stop and start again on other ports."""
+        for attempt in range(attempts):
+            try:
+                self._start(timeout)
+                return
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.stop()
+                self.ports, self.bus_ports = self._pick_ports()
+
+    def _start(self, timeout: float) -> None:
         auth = ["--user", "default", "off", "--user", ADMIN, "on", f">{self.admin_password}", "~*", "&*", "+@all",
                 *(word for user in self.users for word in ("--user", *user)),
                 "--masteruser", ADMIN, "--masterauth", self.admin_password] if self.admin_password else []
-        for port in self.ports:
+        for port, bus_port in zip(self.ports, self.bus_ports):
             node = self.directory / f"node-{port}"
             node.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-port", str(free_port()), "--cluster-config-file", str(node / "nodes.conf"),
+                 "--cluster-port", str(bus_port), "--cluster-config-file", str(node / "nodes.conf"),
                  "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no",
                  "--repl-diskless-sync-delay", "0",  # a replica's first sync at once, not after 5 s
                  "--daemonize", "yes", "--pidfile", str(node / "redis.pid"), "--dir", str(node),
@@ -97,7 +128,7 @@ class RedisClusterNodes:
         deadline = time.monotonic() + timeout
         for port in self.ports:
             self._wait(port, deadline, lambda c: c.ping(), "answer PING")
-            self.pids[port] = int((self.directory / f"node-{port}" / "redis.pid").read_text().strip())
+            self.pids[port] = self._pid_of(port)
         login = ["--user", ADMIN, "--pass", self.admin_password] if self.admin_password else []
         created = subprocess.run(
             [REDIS_CLI, *login, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
@@ -123,17 +154,23 @@ class RedisClusterNodes:
 
     def _wait(self, port: int, deadline: float, check: Callable[[redis.Redis], object], what: str) -> None:
         client = self.node_client(port)
+        log = self.directory / f"node-{port}" / "redis.log"
         try:
             while True:
                 with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
                     if check(client):
                         return
-                if time.monotonic() > deadline:
-                    log = (self.directory / f"node-{port}" / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"cluster node 127.0.0.1:{port} did not {what} in time:\n{log}")
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if time.monotonic() > deadline or "aborting" in text:  # a node that could not start
+                    raise RuntimeError(f"cluster node 127.0.0.1:{port} did not {what} in time:\n{text[-2000:]}")
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def _pid_of(self, port: int) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.directory / f"node-{port}" / "redis.pid").read_text().strip())
+        return None
 
     # -- the nodes' roles ----------------------------------------------------------------------------------
     def masters(self) -> list[int]:
@@ -180,6 +217,7 @@ class RedisClusterNodes:
     def kill(self, port: int) -> None:
         """SIGKILL node `port`: no shutdown, no goodbye to its replica or its clients."""
         pid = self.pids.pop(port)
+        self.killed.add(port)
         os.kill(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.001)
@@ -223,14 +261,22 @@ class RedisClusterNodes:
             client.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        for port in self.pids:
+        """Shut every node started down, those of a start that failed half-way too; SIGKILL what is
+        left after `timeout`."""
+        started = {port: self.pids.get(port) or self._pid_of(port) for port in self.ports if port not in self.killed}
+        for port, pid in started.items():
+            if pid is None or not _alive(pid):
+                continue
             client = self.node_client(port)
-            with contextlib.suppress(redis.ConnectionError):
+            with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
                 client.shutdown(nosave=True)
             client.close()
         deadline = time.monotonic() + timeout
-        for pid in self.pids.values():
-            while _alive(pid) and time.monotonic() < deadline:
+        for pid in started.values():
+            while pid is not None and _alive(pid):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    break
                 time.sleep(0.01)
         self.pids = {}
 
