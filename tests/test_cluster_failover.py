@@ -7,6 +7,8 @@ every node, the rule docs/DEPLOY.md gives. Every test runs the workers as that u
   and every command of the rule is one the workers issue;
 - two `dmd infer` processes, one killed with SIGKILL holding windows: the other claims them, every
   window one estimate;
+- replicas stopped (SIGSTOP): a window's data and notice are on a replica before capture goes on
+  (stream.replication's WAIT), and a replica that does not answer in time is not waited for again;
 - a master killed with SIGKILL in the middle of four live sessions: its replica takes over, capture,
   inference and the subscriber carry on, every window gets exactly one estimate (none lost, none twice),
   and the time to recover is printed (`pytest -s`).
@@ -130,7 +132,8 @@ def all_published(r, session: str, windows: int) -> bool:
 
 
 def check_one_estimate_per_window(r, session: str, windows: int) -> list[dict]:
-    """Windows 0 .. `windows`-1 each have a notice and exactly one estimate."""
+    """The session's `windows` windows (as capture counted them) each have a notice and exactly one
+    estimate; a notice sent twice (retried across a failover) is one window."""
     sent = sorted(set(notices(r, session)))
     assert len(sent) == windows, f"{session}: notices for windows {sent}, capture sent {windows}"
     found = estimates(r, session)
