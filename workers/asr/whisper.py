@@ -32,6 +32,11 @@ What differs from whisper_streaming, and why:
 - Repetition loops (Whisper on a second of audio may say "See it. See it. See it...") are cut by a
   token budget of about 6 tokens per second of audio and dropped by the compression-ratio test.
 
+Sessions do not share passes: each engine runs its own, on one thread (the model, loaded once, is
+shared). Batching several sessions' passes in one CTranslate2 call was measured and not built: a
+batch needs mels of one length and prompts of one length, and the padding and cut prompts cost as
+much CPU as the batched decoder saves, and change words (docs/DESIGN.md, "Whisper across sessions").
+
 The watermark is the end of the last committed word, moved on through silence (voice activity) and
 through audio in which a pass found no words, and held at the start of the first uncommitted word
 of the last hypothesis.
