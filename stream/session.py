@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -51,8 +53,36 @@ log = logging.getLogger(__name__)
 CATCH_UP_GAP_S = 3.0  # how long a catching-up writer may take to its next entry and still be waited for
 # a writer this far behind a window's end is catching up: its steady lag is about 1 s, and a 3 s window
 # read 2 s behind would carry the words of its first third at most (3 s let a loaded CI machine publish
-# 10 of 53 windows of the outage test without words: lags of 2-3 s were not waited for)
+# 10 of 53 windows of the outage test without words: lags of 2-3 s were not waited for) ...
 CATCH_UP_LAG_S = 2.0
+# ... and, for a writer whose usual lag is longer (Whisper serving several sessions on a loaded machine
+# commits words 1.5-3 s late), this much beyond its usual lag: a steady lag is not a backlog, and waiting
+# for it made every window as late as the ASR (BENCHMARKS.md, "Sessions per core")
+CATCH_UP_MARGIN_S = 1.0
+
+
+class WriterLag:
+    """How far a writer (a session's ASR) usually is behind the times it is waited for: the median of
+    its last `n` lags. `wait_until` takes it as catching up only when it is more than
+    `CATCH_UP_LAG_S`, and more than `CATCH_UP_MARGIN_S` beyond that median, behind."""
+
+    def __init__(self, n: int = 20, min_samples: int = 5) -> None:
+        self._lags: deque[float] = deque(maxlen=n)
+        self.min_samples = min_samples
+
+    def add(self, lag: float) -> None:
+        self._lags.append(lag)
+
+    def usual(self) -> float | None:
+        """The median of the recent lags (None before `min_samples` of them)."""
+        return statistics.median(self._lags) if len(self._lags) >= self.min_samples else None
+
+    def behind_beyond(self) -> float:
+        """The lag beyond which the writer is catching up."""
+        usual = self.usual()
+        return CATCH_UP_LAG_S if usual is None else max(CATCH_UP_LAG_S, usual + CATCH_UP_MARGIN_S)
+
+
 T = TypeVar("T")
 
 
@@ -200,7 +230,8 @@ class Session:
         last = await self.redis.xrevrange(self.keys.stream(codec(kind).type), "+", "-", count=1)
         return from_fields(last[0][1], kind).t_end if last else None
 
-    async def wait_until(self, kind: Kind, t: float, timeout: float, catch_up_s: float = 0.0) -> float | None:
+    async def wait_until(self, kind: Kind, t: float, timeout: float, catch_up_s: float = 0.0,
+                         lag: WriterLag | None = None) -> float | None:
         """Wait up to `timeout` seconds for stream `kind` to have data up to `t` (the inference worker
         waiting for the ASR watermark, at most `asr.grace_s`). Returns the time reached, which is below
         `t` after a timeout, or None if the stream is still empty.
@@ -211,16 +242,19 @@ class Session:
         catching up when its data moves on faster than the wall clock (more than 1.2 s of session time
         per second), or when it is more than `CATCH_UP_LAG_S` behind `t` (an ASR that was cut off by an
         outage: it is that far behind only when it has audio to work off, since its steady lag is about
-        a second). Then even its first entry is waited for, up to `CATCH_UP_GAP_S`. A writer that
-        keeps pace a little behind is not waited for past `timeout`, nor one that has stopped writing
-        past `CATCH_UP_GAP_S`."""
+        a second) and, given the writer's `lag` history, more than `CATCH_UP_MARGIN_S` beyond its usual
+        lag (which this call adds to). Then even its first entry is waited for, up to `CATCH_UP_GAP_S`.
+        A writer that keeps pace a little behind is not waited for past `timeout`, nor one that has
+        stopped writing past `CATCH_UP_GAP_S`."""
         key = self.keys.stream(codec(kind).type)
         start = time.monotonic()
         limit = start + max(timeout, catch_up_s)
         last = await self.redis.xrevrange(key, "+", "-", count=1)
         reached = from_fields(last[0][1], kind).t_end if last else None
         last_id = last[0][0] if last else b"0-0"
-        behind = catch_up_s > 0 and t - (reached or 0.0) > CATCH_UP_LAG_S
+        behind = catch_up_s > 0 and t - (reached or 0.0) > (lag.behind_beyond() if lag else CATCH_UP_LAG_S)
+        if lag is not None and reached is not None:
+            lag.add(t - reached)
         deadline = start + (max(timeout, CATCH_UP_GAP_S) if behind else timeout)
         seen_at, seen = start, reached
         while reached is None or reached < t:

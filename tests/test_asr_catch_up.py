@@ -10,13 +10,14 @@ import time
 
 from stream.connection import connect
 from stream.messages import AsrWords
-from stream.session import CATCH_UP_GAP_S, Session
+from stream.session import CATCH_UP_GAP_S, CATCH_UP_LAG_S, CATCH_UP_MARGIN_S, Session, WriterLag
 
 
 def wait_with(redis_url: str, rate: float, behind_s: float, writer: bool = True,
-              first_after_s: float = 0.0) -> tuple[float | None, float]:
+              first_after_s: float = 0.0, lag: WriterLag | None = None) -> tuple[float | None, float]:
     """The watermark reached for t = 10 s and how long the wait took, with a writer that starts
-    `behind_s` short of t and moves `rate` seconds of watermark per second of wall clock."""
+    `behind_s` short of t and moves `rate` seconds of watermark per second of wall clock (`lag`: the
+    writer's lag history, as the inference worker keeps it per session)."""
 
     async def main() -> tuple[float | None, float]:
         r = connect(redis_url)
@@ -34,7 +35,7 @@ def wait_with(redis_url: str, rate: float, behind_s: float, writer: bool = True,
 
         task = asyncio.create_task(write()) if writer else None
         start = time.monotonic()
-        reached = await s.wait_until(AsrWords, 10.0, timeout=0.25, catch_up_s=8.0)
+        reached = await s.wait_until(AsrWords, 10.0, timeout=0.25, catch_up_s=8.0, lag=lag)
         took = time.monotonic() - start
         if task:
             task.cancel()
@@ -75,3 +76,31 @@ def test_an_asr_far_behind_that_writes_nothing_is_given_up_after_the_gap(redis_u
 def test_the_wait_for_an_asr_far_behind_is_bounded_by_catch_up_s(redis_url: str) -> None:
     reached, took = wait_with(redis_url, rate=1.0, behind_s=10.0)  # would take 10 s
     assert reached is not None and reached < 10.0 and 7.9 < took < 8.6, (reached, took)
+
+
+def history(lags: list[float]) -> WriterLag:
+    lag = WriterLag()
+    for value in lags:
+        lag.add(value)
+    return lag
+
+
+def test_a_writers_usual_lag_is_the_median_of_its_recent_ones_and_sets_when_it_counts_as_behind() -> None:
+    assert WriterLag().usual() is None and WriterLag().behind_beyond() == CATCH_UP_LAG_S  # no history yet
+    assert history([1.0, 1.2, 9.0, 0.8, 1.1]).usual() == 1.1  # one outage's lag does not move it
+    assert history([1.0] * 20).behind_beyond() == CATCH_UP_LAG_S  # a prompt ASR: the fixed floor
+    assert history([2.5] * 20).behind_beyond() == 2.5 + CATCH_UP_MARGIN_S
+    assert history([9.0] * 5 + [2.5] * 20).usual() == 2.5  # the last 20 only
+
+
+def test_an_asr_steadily_late_is_not_waited_for_past_the_grace(redis_url: str) -> None:
+    # Whisper for several sessions on a loaded machine: usually 2.5 s behind, as now: not a backlog
+    reached, took = wait_with(redis_url, rate=1.0, behind_s=2.6, lag=history([2.5] * 20))
+    assert reached is not None and reached < 10.0 and took < 0.6, (reached, took)
+
+
+def test_the_same_asr_far_beyond_its_usual_lag_is_waited_for(redis_url: str) -> None:
+    lag = history([1.0] * 20)  # usually 1 s behind, now 3 s: an outage's backlog, worked off at 4x
+    reached, took = wait_with(redis_url, rate=4.0, behind_s=3.0, first_after_s=0.5, lag=lag)
+    assert reached is not None and reached >= 10.0 and took > 0.5, (reached, took)
+    assert lag.usual() == 1.0  # the wait added its lag to the history

@@ -52,7 +52,7 @@ from stream.keys import INFER_GROUP, WINDOWS, SessionKeys
 from stream.lifecycle import session_events
 from stream.messages import ACOUSTIC, FACE, AsrWords, WindowNotice
 from stream.publish import EstimatePublisher
-from stream.session import Session, words_between
+from stream.session import Session, WriterLag, words_between
 
 from ..metrics import Metrics
 from ..settings import AsrSettings, InferenceSettings
@@ -137,6 +137,7 @@ class InferenceWorker:
         self._handling: set[asyncio.Task] = set()  # one task per notice, from its read to its end
         self._chains: dict[str, asyncio.Future] = {}
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}  # session -> the last of its windows being prepared
+        self._asr_lags: dict[str, WriterLag] = {}  # session -> how far its ASR usually is behind a window's end
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(4 * s.max_batch)  # notices being prepared or waiting for the model
         self._reads = asyncio.Semaphore(READS_AT_ONCE)
@@ -255,7 +256,8 @@ class InferenceWorker:
             raise MessageError(f"window {notice.window} starts at {t0:g} s, after session {notice.session!r} ended "
                                f"at {ended:g} s", "window.t_start")
         if self.asr_grace_s > 0 and info.get("asr", "") != "none" and info.get("has_audio", True):
-            await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s, catch_up_s=self.asr_catch_up_s)
+            await session.wait_until(AsrWords, t1, timeout=self.asr_grace_s, catch_up_s=self.asr_catch_up_s,
+                                     lag=self._asr_lag(notice.session))
         latency["asr_wait"] = (time.monotonic() - start) * 1000
         start = time.monotonic()
         audio, visual, words = await asyncio.gather(
@@ -264,6 +266,15 @@ class InferenceWorker:
         latency["read"] = (time.monotonic() - start) * 1000
         said = confident_words(words_between(words, t0, t1), self.min_confidence)
         return _Job(delivery, notice, said, audio, visual, received, latency)
+
+    def _asr_lag(self, session: str) -> WriterLag:
+        """The session's ASR lag history (`Session.wait_until`); forgotten, like `_info`, past 10,000 sessions."""
+        lag = self._asr_lags.get(session)
+        if lag is None:
+            if len(self._asr_lags) > 10_000:
+                self._asr_lags.clear()
+            lag = self._asr_lags[session] = WriterLag()
+        return lag
 
     async def _session_info(self, session: str) -> dict[str, Any] | None:
         """The session's start announcement (`info`: asr engine, media, clock origin; `_ended_at`:
