@@ -4,6 +4,9 @@ processes for a long run, with Redis memory and each worker's RSS sampled all al
 
     python bench/soak.py [--minutes 30] [--asr whisper|none] [--speed 1] [--concurrent 1] [--ttl 30]
 
+With `--partitions P` (default 1) the shared streams are split in P partitions (`?partitions=P` in the
+workers' REDIS_URL, stream.keys.Partitions), and what is sampled of them is summed over the partitions.
+
 Set-up: a redis-server of its own (Debian's, on a free port, no persistence); `dmd infer` and
 `dmd asr` started once, as long-lived processes; then, until `--minutes` have passed, sessions one
 after the other (`--concurrent K`: K at a time), each a `dmd capture --source CLIP --session
@@ -84,18 +87,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 import psutil  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
-from stream.keys import ASR_GROUP, DEAD, DEAD_COUNT, INFER_GROUP, SESSIONS, WINDOWS, parse_session_key  # noqa: E402
+from stream.keys import ASR_GROUP, INFER_GROUP, Partitions, parse_session_key  # noqa: E402
 from stream.lifecycle import SESSIONS_MAXLEN  # noqa: E402
 
 DEMO_CLIP = ROOT / "workers" / "assets" / "demo.mp4"
 DMD = Path(sys.executable).with_name("dmd")
-SHARED = (WINDOWS, SESSIONS, DEAD)
-CAPS = {WINDOWS: 10_000, SESSIONS: SESSIONS_MAXLEN, DEAD: 10_000}  # Session.windows_maxlen, GroupConsumer.dead_maxlen
+SHARED = ("windows", "sessions", "dead")  # the shared streams, each in P partitions (stream.keys.Partitions)
+CAPS = {"windows": 10_000, "sessions": SESSIONS_MAXLEN, "dead": 10_000}  # per partition: Session.windows_maxlen,
+# GroupConsumer.dead_maxlen
 NODE = 100  # stream-node-max-entries: approximate trimming keeps up to one macro node over the cap
 MARKER_TTL_S = 900  # EstimatePublisher.marker_ttl_s
 MARKER_BYTES = 129  # used_memory per marker key with its TTL (measured: redis-server 7.0, 5,300 markers)
 JUDGED = ("redis_memory", "rss_infer", "rss_asr")
 REPORTED = ("redis_used_memory", "redis_clients_memory", "shared_streams_memory", "redis_used_memory_rss", "markers")
+
+
+def shared_label(partitions: Partitions, name: str) -> str:
+    """How the summary names a shared stream: its one key (`dmd:windows`) with P = 1, else its partitions."""
+    keys = partitions.keys(name)
+    return keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]}"
 
 
 # -- a redis-server of its own -------------------------------------------------------------------------
@@ -237,6 +247,7 @@ class Soak:
     workers: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     stop_sampling: asyncio.Event = field(default_factory=asyncio.Event)
     next_id: int = 0
+    partitions: Partitions = field(default_factory=Partitions)  # of the shared streams (--partitions)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -320,12 +331,14 @@ class Soak:
                                "redis_clients_memory": int(info["mem_clients_normal"]),
                                "redis_used_memory_rss": int(info["used_memory_rss"])}
         shared_memory = 0
-        for stream in SHARED:
-            name = stream.split(":", 1)[1]
-            row[f"xlen_{name}"] = int(await self.redis.xlen(stream))
-            used = await self.redis.memory_usage(stream, samples=0) if row[f"xlen_{name}"] else 0
-            row[f"memory_{name}"] = int(used or 0)
-            shared_memory += int(used or 0)
+        for name in SHARED:  # each summed over its partitions
+            row[f"xlen_{name}"] = row[f"memory_{name}"] = 0
+            for stream in self.partitions.keys(name):
+                n = int(await self.redis.xlen(stream))
+                used = int(await self.redis.memory_usage(stream, samples=0) or 0) if n else 0
+                row[f"xlen_{name}"] += n
+                row[f"memory_{name}"] += used
+                shared_memory += used
         row["shared_streams_memory"] = shared_memory
         row["redis_memory"] = row["redis_used_memory"] - row["redis_clients_memory"] - shared_memory
         for name, proc in self.workers.items():
@@ -429,15 +442,16 @@ def summarize(soak: Soak, run_s: float, final: dict[str, Any], workers_exit: dic
         series[key] = g
     last = during[-1] if during else {}
     shared = {}
-    for stream in SHARED:
-        name = stream.split(":", 1)[1]
+    count = soak.partitions.count
+    for name in SHARED:  # each partition is capped: the caps and the check are over all P of them
         n, used = last.get(f"xlen_{name}", 0), last.get(f"memory_{name}", 0)
         per = used / n if n else None
-        shared[stream] = {"xlen": n, "memory": used, "bytes_per_entry": round(per, 1) if per else None,
-                          "cap": CAPS[stream], "memory_at_cap_estimate": round(per * CAPS[stream]) if per else None,
-                          "max_xlen_seen": max((s.get(f"xlen_{name}", 0) for s in soak.samples), default=0),
-                          "within_cap": max((s.get(f"xlen_{name}", 0) for s in soak.samples), default=0)
-                          <= CAPS[stream] + NODE}
+        cap = CAPS[name] * count
+        shared[shared_label(soak.partitions, name)] = {
+            "xlen": n, "memory": used, "bytes_per_entry": round(per, 1) if per else None, "cap": cap,
+            "memory_at_cap_estimate": round(per * cap) if per else None,
+            "max_xlen_seen": max((s.get(f"xlen_{name}", 0) for s in soak.samples), default=0),
+            "within_cap": max((s.get(f"xlen_{name}", 0) for s in soak.samples), default=0) <= cap + NODE * count}
     # the markers live 15 minutes: they pile up until then (about MARKER_BYTES each, in redis_memory)
     m = series["markers"]
     markers_note = None
@@ -461,6 +475,7 @@ def summarize(soak: Soak, run_s: float, final: dict[str, Any], workers_exit: dic
     return {
         "bench": "soak", "minutes": args.minutes, "asr": args.asr, "speed": args.speed, "concurrent": args.concurrent,
         "clip": str(args.clip), "ttl_s": args.ttl, "grace_s": args.grace, "interval_s": args.interval,
+        "partitions": soak.partitions.count,
         "tolerance_pct": args.tolerance, "run_s": round(run_s, 1),
         "warm_up_s": round(warm_up, 1), "growth_first_span_s": [round(t, 1) for t in first],
         "growth_last_span_s": [round(t, 1) for t in last_span],
@@ -548,16 +563,19 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     server = RedisServer(scratch)
     await server.start()
     redis = aioredis.Redis.from_url(server.url)
-    env = worker_env(server.url, args)
-    soak = Soak(args, out, redis)
+    partitions = Partitions(args.partitions)
+    # the workers learn P from the URL (one key each, as before, with P = 1)
+    env = worker_env(server.url + (f"?partitions={args.partitions}" if args.partitions > 1 else ""), args)
+    soak = Soak(args, out, redis, partitions=partitions)
+    windows, sessions = partitions.keys("windows"), partitions.keys("sessions")
     try:
         infer = await start_dmd(out, "infer", "infer", "--name", "soak-infer", env=env)
         soak.workers["infer"] = infer
         asr = await start_dmd(out, "asr", "asr", "--asr", args.asr, "--name", "soak-asr", "--ended-ttl", str(args.ttl),
                               "--max-sessions", str(max(2, args.concurrent)), env=env)
         soak.workers["asr"] = asr
-        await wait_ready(redis, {"infer": (infer, WINDOWS, INFER_GROUP, "soak-infer"),
-                                 "asr": (asr, SESSIONS, ASR_GROUP, "soak-asr")}, out, args.ready_timeout)
+        await wait_ready(redis, {"infer": (infer, windows[0], INFER_GROUP, "soak-infer"),
+                                 "asr": (asr, sessions[0], ASR_GROUP, "soak-asr")}, out, args.ready_timeout)
         soak.t0 = time.monotonic()
         await soak.sample("start")
         sampling = [asyncio.create_task(soak.sampler()), asyncio.create_task(soak.memory_sampler())]
@@ -581,7 +599,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 ttl = await redis.ttl(key)
                 if not 0 < ttl <= MARKER_TTL_S:
                     without_ttl.append(f"{key} (ttl {ttl})")
-        pending = await redis.xpending(WINDOWS, INFER_GROUP)
+        pending = sum([int((await redis.xpending(key, INFER_GROUP))["pending"]) for key in windows])
         final = {
             "session_keys_left": sorted(k for s, keys in own.items() for k in keys)[:50],
             "sessions_with_keys_left": sorted(own),
@@ -589,8 +607,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "markers_left": sum(map(len, markers.values())),
             "markers_without_ttl": without_ttl[:20],
             "shared_keys": sorted(other),
-            "dead_letters": int(await redis.get(DEAD_COUNT) or 0),
-            "pending": int(pending["pending"]),
+            "dead_letters": sum([int(await redis.get(f"{key}:count") or 0) for key in partitions.keys("dead")]),
+            "pending": pending,
             "drained": await soak.sample("drained"),
         }
         workers_exit = {}
@@ -640,6 +658,9 @@ def main() -> None:
     ap.add_argument("--video-fps", type=float, help="capture.video_fps (default: the setting's, 15)")
     ap.add_argument("--threads", type=int, help="torch threads of dmd infer (default: torch's)")
     ap.add_argument("--prefix", default="soak", help="session ids are PREFIX-N")
+    ap.add_argument("--partitions", type=int, default=1,
+                    help="P of the shared streams (default 1: dmd:windows, dmd:sessions and dmd:dead as one key "
+                         "each); the workers get it in REDIS_URL")
     ap.add_argument("--session-timeout", type=float, default=600.0, help="a capture running longer is killed")
     ap.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the workers to start")
     ap.add_argument("--out", help="folder for samples.csv, sessions.json, summary.json and the logs "

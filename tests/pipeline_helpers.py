@@ -293,21 +293,39 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, procs: Process
 
 # -- reading back --------------------------------------------------------------------------------------
 def client(url: str):
+    """A synchronous client for `url`, any URL `dmd` takes (`redis+cluster://` gives a RedisCluster),
+    which knows the URL's partitions of the shared streams (`?partitions=N`: `partitions_of`)."""
     import redis
 
-    if url.startswith("unix://"):
-        return redis.Redis(unix_socket_path=url[len("unix://"):])
-    return redis.Redis.from_url(url)
+    from stream.connection import parse_redis_url
+
+    parsed = parse_redis_url(url)
+    kwargs = parsed.client_kwargs()
+    r = redis.RedisCluster(**kwargs) if parsed.cluster else redis.Redis(**kwargs)
+    r.dmd_partitions = parsed.partitions
+    return r
+
+
+def partitions_of(r) -> Any:
+    """The partitions of the shared streams a synchronous client's workers use, as
+    `stream.connection.partitions_for` decides for theirs: its URL's `partitions`, else 1 on one Redis
+    (the one key `dmd:windows`) and CLUSTER_PARTITIONS on a cluster."""
+    import redis
+
+    from stream.keys import CLUSTER_PARTITIONS, Partitions
+
+    count = getattr(r, "dmd_partitions", 0)
+    return Partitions(count or (CLUSTER_PARTITIONS if isinstance(r, redis.RedisCluster) else 1))
 
 
 def notices(r, session: str) -> list[int]:
-    """The window indexes of `session`'s notices in `dmd:windows`, in the order they were sent."""
+    """The window indexes of `session`'s notices in its partition of `dmd:windows`, in the order
+    they were sent."""
     from stream.codec import MessageError
-    from stream.keys import WINDOWS
     from stream.messages import WindowNotice
 
     found = []
-    for _, fields in r.xrange(WINDOWS):
+    for _, fields in r.xrange(partitions_of(r).for_session("windows", session)):
         try:
             notice = WindowNotice.from_fields(fields)
         except MessageError:
@@ -326,19 +344,21 @@ def estimates(r, session: str) -> list[dict[str, Any]]:
 
 
 def pending(r) -> int:
-    from stream.keys import INFER_GROUP, WINDOWS
+    """Window notices delivered to the group "infer" and not yet acknowledged, in every partition."""
+    from stream.keys import INFER_GROUP
 
-    try:
-        return int(r.xpending(WINDOWS, INFER_GROUP)["pending"])
-    except Exception:  # noqa: BLE001 - no group yet
-        return 0
+    total = 0
+    for key in partitions_of(r).keys("windows"):
+        with contextlib.suppress(Exception):  # no group (or no stream) yet
+            total += int(r.xpending(key, INFER_GROUP)["pending"])
+    return total
 
 
 def dead_letters(r) -> list[Any]:
+    """The dead letters of every partition of `dmd:dead` (partition 0 first, each oldest first)."""
     from stream.consumer import DeadLetter
-    from stream.keys import DEAD
 
-    return [DeadLetter.from_entry(i, f) for i, f in r.xrange(DEAD)]
+    return [DeadLetter.from_entry(i, f) for key in partitions_of(r).keys("dead") for i, f in r.xrange(key)]
 
 
 def all_published(r, session: str, expected: int | None = None) -> bool:
