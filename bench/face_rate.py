@@ -70,9 +70,9 @@ def track(path: Path, fps: float | None):
     with FaceFeatureStream(1) as face:
         for i in keep:
             t, rgb = frames[i]
-            c0 = time.thread_time()
+            c0 = time.process_time()
             face.feed(rgb, t)
-            cpu += time.thread_time() - c0
+            cpu += time.process_time() - c0
         result = face.take()
     duration = frames[-1][0] - frames[0][0] if len(frames) > 1 else 0.0
     return result, cpu, duration, len(frames)

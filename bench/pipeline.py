@@ -132,6 +132,7 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
         "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
         "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
         "inference_stage_without_asr_wait_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
+        "windows_with_words": sum(1 for _, e in received if e.words),
         "windows_per_second": round(len(received) / wall, 2),
         "cpu_per_session": round(cpu / wall / args.sessions, 3),
         "dropped_video_frames": sum(s.video_dropped for s in stats),
@@ -236,12 +237,18 @@ async def bench_processes(args: argparse.Namespace) -> dict:
         embedded.close()
     end_to_sub = [(t - (origins[e.session] + e.t_end)) * 1000 for t, e in received]
     stage = [e.latency_ms["notice_to_publish"] for _, e in received]
+    asr_wait = [e.latency_ms["asr_wait"] for _, e in received]
+    own = [e.latency_ms["notice_to_publish"] - e.latency_ms["asr_wait"] for _, e in received]
+    with_words = sum(1 for _, e in received if e.words)
     return {
         "bench": "sessions", "mode": "processes", "sessions": args.sessions, "asr": args.asr, "clip": clip.name,
         "video_fps": args.video_fps, "published": count, "estimates": len(received),
         "distinct_windows": len({(e.session, e.window) for _, e in received}),
         "window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
         "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
+        "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
+        "inference_stage_without_asr_wait_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
+        "windows_with_words": with_words,
         "cpu_per_session": round(cpu / wall / args.sessions, 3), "seconds": round(wall, 1),
         "cpu_per_session_by_process": {k: round(v / wall / args.sessions, 3) for k, v in by_role.items()},
         "machine": machine(),

