@@ -38,9 +38,9 @@ The summary:
   - used_memory itself, and the parts left out above. The client buffers (`mem_clients_normal`,
     query and reply buffers) swing by hundreds of KB from one sample to the next with what the
     clients happen to be reading, and are freed by the server as they idle. The shared streams are
-    trimmed by count (MAXLEN ~ 10,000 notices in dmd:windows, 100,000 events in dmd:sessions,
+    trimmed by count (MAXLEN ~ 100,000 notices in dmd:windows, 100,000 events in dmd:sessions,
     10,000 dead letters); a session adds a notice per 0.5 s hop, so dmd:windows reaches its cap
-    after some 83 minutes of session audio and, one session at a time, grows all through a
+    after some 14 hours of session audio and, one session at a time, grows all through a
     30-minute run, by design. The summary gives their size, per entry and at the cap, and checks their bound instead:
     XLEN at most the cap plus one macro node (100 entries: the trimming is approximate).
   - used_memory_rss (the allocator's pages: fragmentation, not data).
@@ -89,12 +89,13 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from stream.keys import ASR_GROUP, INFER_GROUP, Partitions, parse_session_key  # noqa: E402
 from stream.lifecycle import SESSIONS_MAXLEN  # noqa: E402
+from stream.session import WINDOWS_MAXLEN  # noqa: E402
 
 DEMO_CLIP = ROOT / "workers" / "assets" / "demo.mp4"
 DMD = Path(sys.executable).with_name("dmd")
 SHARED = ("windows", "sessions", "dead")  # the shared streams, each in P partitions (stream.keys.Partitions)
-CAPS = {"windows": 10_000, "sessions": SESSIONS_MAXLEN, "dead": 10_000}  # per partition: Session.windows_maxlen,
-# GroupConsumer.dead_maxlen
+# per partition: Session.windows_maxlen, GroupConsumer.dead_maxlen
+CAPS = {"windows": WINDOWS_MAXLEN, "sessions": SESSIONS_MAXLEN, "dead": 10_000}
 NODE = 100  # stream-node-max-entries: approximate trimming keeps up to one macro node over the cap
 MARKER_TTL_S = 900  # EstimatePublisher.marker_ttl_s
 MARKER_BYTES = 129  # used_memory per marker key with its TTL (measured: redis-server 7.0, 5,300 markers)

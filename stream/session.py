@@ -50,6 +50,9 @@ from .window import Window
 
 log = logging.getLogger(__name__)
 
+# notices kept in each partition of dmd:windows: XADD's MAXLEN trims unread ones as well, so this is the
+# backlog a partition can hold (50 s at 1,000 sessions: bench/load.py lost notices at the old 10,000)
+WINDOWS_MAXLEN = 100_000
 CATCH_UP_GAP_S = 3.0  # how long a catching-up writer may take to its next entry and still be waited for
 # a writer this far behind a window's end is catching up: its steady lag is about 1 s, and a 3 s window
 # read 2 s behind would carry the words of its first third at most (3 s let a loaded CI machine publish
@@ -101,7 +104,7 @@ class Session:
     """
 
     def __init__(self, redis: aioredis.Redis, session: str, *, retention_s: float = 120.0,
-                 windows_maxlen: int = 10_000, backoff: Backoff | None = None, max_outage_s: float = 30.0,
+                 windows_maxlen: int = WINDOWS_MAXLEN, backoff: Backoff | None = None, max_outage_s: float = 30.0,
                  partitions: Partitions | None = None) -> None:
         self.redis = redis
         self.keys = SessionKeys(session)
