@@ -69,9 +69,38 @@ def checkpoint_path(arg: str | None) -> Path:
     return path
 
 
+async def subscribe_all(redis) -> tuple[list[tuple[float, object]], asyncio.Task]:
+    """Every estimate published from now on, with the wall-clock time it arrived (a list the task fills)."""
+    from stream.publish import watch_estimates
+
+    received: list[tuple[float, object]] = []
+    ready = asyncio.Event()
+
+    async def subscriber() -> None:
+        async for est in watch_estimates(redis, None, ready=ready):
+            received.append((time.time(), est))
+
+    task = asyncio.create_task(subscriber())
+    await ready.wait()
+    return received, task
+
+
+def latencies(received: list[tuple[float, object]], origin: dict[str, float]) -> dict:
+    """Window end (the session's clock origin + its end) to the subscriber; the inference stage (notice
+    read to publish), the wait for the ASR watermark in it, and the stage without that wait."""
+    end_to_sub = [(t - (origin[e.session] + e.t_end)) * 1000 for t, e in received]
+    stage = [e.latency_ms["notice_to_publish"] for _, e in received]
+    asr_wait = [e.latency_ms["asr_wait"] for _, e in received]
+    own = [a - b for a, b in zip(stage, asr_wait, strict=True)]
+    return {"window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
+            "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
+            "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
+            "inference_stage_without_asr_wait_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
+            "windows_with_words": sum(1 for _, e in received if e.words)}
+
+
 async def bench_sessions(args: argparse.Namespace) -> dict:
     from dmd_model.artefacts.predict import Predictor
-    from stream.publish import watch_estimates
     from workers.asr.factory import make_engine_factory
     from workers.asr.worker import AsrSession
     from workers.capture import Capture, FileSource
@@ -89,15 +118,7 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
     factory = None
     if args.asr != "none":
         _, factory = make_engine_factory(args.asr, max_cpu=0.5, sessions=args.sessions)
-    received: list[tuple[float, object]] = []
-    ready = asyncio.Event()
-
-    async def subscriber() -> None:
-        async for est in watch_estimates(redis, None, ready=ready):
-            received.append((time.time(), est))
-
-    sub = asyncio.create_task(subscriber())
-    await ready.wait()
+    received, sub = await subscribe_all(redis)
     infer = asyncio.create_task(worker.run())
     await asyncio.sleep(3)  # text encoder loaded before the clocks start
     clip = Path(args.clip or DEMO_CLIP)
@@ -111,11 +132,6 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
         await asyncio.sleep(0.2)
     wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
     origin = {c.id: c.origin_wall for c in captures}
-    end_to_sub = [(t - (origin[e.session] + e.t_end)) * 1000 for t, e in received]
-    stage = [e.latency_ms["notice_to_publish"] for _, e in received]
-    asr_wait = [e.latency_ms["asr_wait"] for _, e in received]
-    # the worker's own time: notice to publish, less the wait for the ASR watermark (words)
-    own = [e.latency_ms["notice_to_publish"] - e.latency_ms["asr_wait"] for _, e in received]
     worker.stop()
     for task in (*asr_tasks, sub):
         task.cancel()
@@ -128,11 +144,7 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
         "bench": "sessions", "mode": "one process", "sessions": args.sessions, "asr": args.asr, "clip": clip.name,
         "video_fps": settings.capture.video_fps, "clip_seconds": round(duration, 2), "windows": expected,
         "estimates": len(received),
-        "window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
-        "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
-        "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
-        "inference_stage_without_asr_wait_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
-        "windows_with_words": sum(1 for _, e in received if e.words),
+        **latencies(received, origin),
         "windows_per_second": round(len(received) / wall, 2),
         "cpu_per_session": round(cpu / wall / args.sessions, 3),
         "dropped_video_frames": sum(s.video_dropped for s in stats),
@@ -152,7 +164,6 @@ async def bench_processes(args: argparse.Namespace) -> dict:
 
     from stream.keys import SessionKeys
     from stream.lifecycle import session_events
-    from stream.publish import watch_estimates
     from workers.wiring import DEMO_CLIP
 
     embedded = None if args.redis else EmbeddedRedis()
@@ -163,15 +174,7 @@ async def bench_processes(args: argparse.Namespace) -> dict:
     if args.video_fps is not None:
         env["DMD_CAPTURE_VIDEO_FPS"] = str(args.video_fps)
     clip = Path(args.clip or DEMO_CLIP)
-    received: list[tuple[float, object]] = []
-    ready = asyncio.Event()
-
-    async def subscriber() -> None:
-        async for est in watch_estimates(redis, None, ready=ready):
-            received.append((time.time(), est))
-
-    sub = asyncio.create_task(subscriber())
-    await ready.wait()
+    received, sub = await subscribe_all(redis)
     workers = [subprocess.Popen([dmd, "infer", "--checkpoint", str(checkpoint_path(args.checkpoint)),
                                  "--device", args.device], env=env)]
     if args.asr != "none":
@@ -235,20 +238,11 @@ async def bench_processes(args: argparse.Namespace) -> dict:
     await redis.aclose()
     if embedded:
         embedded.close()
-    end_to_sub = [(t - (origins[e.session] + e.t_end)) * 1000 for t, e in received]
-    stage = [e.latency_ms["notice_to_publish"] for _, e in received]
-    asr_wait = [e.latency_ms["asr_wait"] for _, e in received]
-    own = [e.latency_ms["notice_to_publish"] - e.latency_ms["asr_wait"] for _, e in received]
-    with_words = sum(1 for _, e in received if e.words)
     return {
         "bench": "sessions", "mode": "processes", "sessions": args.sessions, "asr": args.asr, "clip": clip.name,
         "video_fps": args.video_fps, "published": count, "estimates": len(received),
         "distinct_windows": len({(e.session, e.window) for _, e in received}),
-        "window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
-        "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
-        "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
-        "inference_stage_without_asr_wait_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
-        "windows_with_words": with_words,
+        **latencies(received, origins),
         "cpu_per_session": round(cpu / wall / args.sessions, 3), "seconds": round(wall, 1),
         "cpu_per_session_by_process": {k: round(v / wall / args.sessions, 3) for k, v in by_role.items()},
         "machine": machine(),
