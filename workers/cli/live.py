@@ -145,7 +145,7 @@ def add_asr_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session", default=None, help="run this one session to its end, without the group")
     p.add_argument("--max-sessions", type=int, default=max(1, (os.cpu_count() or 1) * 2),
                    help="sessions at once (default: two per core, so that each may use --max-cpu while it catches "
-                        "up; in steady speech Whisper took 0.10-0.16 core a session: docs/DEPLOY.md)")
+                        "up; in steady speech Whisper took 0.10-0.19 core a session: docs/DEPLOY.md)")
     p.add_argument("--max-cpu", type=float, default=0.5, help="Whisper: share of a core per session (default 0.5)")
     p.add_argument("--name", default=None, help="consumer name (default: host-pid-random); keep it across "
                                                 "restarts to take this worker's sessions back at once")
