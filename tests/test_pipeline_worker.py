@@ -62,9 +62,11 @@ def test_a_burst_of_window_notices_is_served_on_first_delivery_without_running_o
         sessions = {f"burst{i}": await write_session(r, f"burst{i}", 8.0, rng) for i in range(6)}
         total = sum(len(w) for w in sessions.values())
         assert total >= 60
-        settings = InferenceSettings(claim_idle_ms=600_000, device="cpu")  # no second chance in this test
+        # no second chance in this test; a history other than the default, which the publisher must keep
+        settings = InferenceSettings(claim_idle_ms=600_000, device="cpu", estimates_history=1000)
         worker = InferenceWorker(r, Predictor(checkpoint, device="cpu", threads=1), settings, asr_grace_s=0.0,
                                  name="burst", text_encoder=load_text_encoder())
+        assert worker.publisher.estimates_maxlen == 1000
         task = asyncio.create_task(worker.run())
 
         async def all_published() -> bool:

@@ -66,6 +66,7 @@ class InferenceSettings:
     max_deliveries: int = 5  # then it goes to dmd:dead
     ema_alpha: float = 0.3  # smoothing of the published sentiment
     neutral_band: float = 0.5  # |sentiment| below this is labelled neutral
+    estimates_history: int = 7200  # estimates kept per session (7,200: an hour at a 0.5 s hop; 3.1 KB each)
 
 
 @dataclass
@@ -94,6 +95,9 @@ class PipelineSettings:
                                 "unpacked Vosk model; `dmd models install vosk-model-small-en-us-0.15` fetches one")
         if self.inference.max_batch < 1:
             raise SettingsError(f"inference.max_batch = {self.inference.max_batch}: must be at least 1")
+        if self.inference.estimates_history < 1:
+            raise SettingsError(f"inference.estimates_history = {self.inference.estimates_history}: keep at least 1 "
+                                "estimate per session (7200 is an hour at a 0.5 s hop)")
         if self.capture.chunk_ms < 10 or self.capture.chunk_ms > 1000:
             raise SettingsError(f"capture.chunk_ms = {self.capture.chunk_ms}: use 10 to 1000 ms")
         if self.capture.video_queue < 1 or self.capture.audio_queue < 1:

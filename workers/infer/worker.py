@@ -128,7 +128,7 @@ class InferenceWorker:
         # every partition of dmd:windows (one on one Redis, several on a cluster: stream.keys.Partitions)
         self.consumer = PartitionedConsumer(redis, WINDOWS, INFER_GROUP, name, count=s.max_batch, block_ms=200,
                                             claim_idle_ms=s.claim_idle_ms, max_deliveries=s.max_deliveries)
-        self.publisher = EstimatePublisher(redis, alpha=s.ema_alpha)
+        self.publisher = EstimatePublisher(redis, alpha=s.ema_alpha, estimates_maxlen=s.estimates_history)
         self.name = self.consumer.name
         self._text_encoder = text_encoder
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="dmd-model")
