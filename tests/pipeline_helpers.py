@@ -354,6 +354,33 @@ def pending(r) -> int:
     return total
 
 
+def consumers(r) -> set[str]:
+    """The names of the inference workers that have read from any partition of `dmd:windows`."""
+    import redis
+
+    from stream.keys import INFER_GROUP
+
+    found: set[str] = set()
+    for key in partitions_of(r).keys("windows"):
+        with contextlib.suppress(redis.ResponseError):  # no group (or no stream) yet
+            found |= {c["name"].decode() for c in r.xinfo_consumers(key, INFER_GROUP)}
+    return found
+
+
+def pending_of(r, consumer: str) -> list[bytes]:
+    """The ids of the window notices `consumer` holds (delivered, not acknowledged), in every partition."""
+    import redis
+
+    from stream.keys import INFER_GROUP
+
+    found: list[bytes] = []
+    for key in partitions_of(r).keys("windows"):
+        with contextlib.suppress(redis.ResponseError):  # no group (or no stream) yet
+            found += [e["message_id"] for e in r.xpending_range(key, INFER_GROUP, "-", "+", 1000,
+                                                                  consumername=consumer)]
+    return found
+
+
 def dead_letters(r) -> list[Any]:
     """The dead letters of every partition of `dmd:dead` (partition 0 first, each oldest first)."""
     from stream.consumer import DeadLetter

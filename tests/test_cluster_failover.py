@@ -20,7 +20,6 @@ kills a master.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import io
 import json
@@ -35,13 +34,23 @@ from pathlib import Path
 import pytest
 from cluster_fixtures import RedisClusterNodes
 
-from stream.codec import MessageError
 from stream.connection import connect
 from stream.keys import ACL_CLUSTER_COMMANDS, CLUSTER_PARTITIONS, INFER_GROUP, Partitions, SessionKeys, acl_rule
-from stream.messages import WindowNotice
 
 pytest.register_assert_rewrite("pipeline_helpers")
-from pipeline_helpers import Processes, check_estimates, pipeline_env, wait_for, write_clip  # noqa: E402
+from pipeline_helpers import (  # noqa: E402
+    Processes,
+    check_estimates,
+    consumers,
+    dead_letters,
+    estimates,
+    notices,
+    pending,
+    pending_of,
+    pipeline_env,
+    wait_for,
+    write_clip,
+)
 
 pytest_plugins = ("pipeline_helpers",)  # fixtures: checkpoint, bars_clip, processes
 
@@ -76,54 +85,9 @@ def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 
 
 # -- reading back, as admin ----------------------------------------------------------------------------------
-def notices(r, session: str) -> list[int]:
-    """The window indexes of `session`'s notices in its partition of dmd:windows, in the order sent (a
-    notice written again after a failover appears twice)."""
-    found = []
-    for _, fields in r.xrange(PARTS.for_session("windows", session)):
-        with contextlib.suppress(MessageError):
-            notice = WindowNotice.from_fields(fields)
-            if notice.session == session:
-                found.append(notice.window)
-    return found
-
-
-def estimates(r, session: str) -> list[dict]:
-    return [json.loads(f[b"estimate"]) for _, f in r.xrange(SessionKeys(session).estimates)]
-
-
 def estimate_ids(r, session: str) -> list[int]:
     """The milliseconds of the ids of `session`'s estimates: when each was published (Redis's clock)."""
     return [int(i.split(b"-")[0]) for i, _ in r.xrange(SessionKeys(session).estimates)]
-
-
-def pending(r) -> int:
-    total = 0
-    for key in PARTS.keys("windows"):
-        with contextlib.suppress(Exception):  # no group yet
-            total += int(r.xpending(key, INFER_GROUP)["pending"])
-    return total
-
-
-def pending_of(r, consumer: str) -> list[bytes]:
-    found = []
-    for key in PARTS.keys("windows"):
-        with contextlib.suppress(Exception):
-            found += [e["message_id"] for e in r.xpending_range(key, INFER_GROUP, "-", "+", 1000,
-                                                                  consumername=consumer)]
-    return found
-
-
-def consumers(r) -> set[str]:
-    found = set()
-    for key in PARTS.keys("windows"):
-        with contextlib.suppress(Exception):
-            found |= {c["name"].decode() for c in r.xinfo_consumers(key, INFER_GROUP)}
-    return found
-
-
-def dead_letters(r) -> int:
-    return sum(r.xlen(key) for key in PARTS.keys("dead"))
 
 
 def all_published(r, session: str, windows: int) -> bool:
@@ -268,7 +232,7 @@ def test_windows_of_an_inference_worker_killed_on_a_cluster_are_claimed_by_the_o
     check_one_estimate_per_window(r, "bob", stats["windows"])
     wait_for(lambda: pending(r) == 0, 10, "no window left pending", processes)
     assert not pending_of(r, "w1"), f"w1's windows {held} were not all claimed"
-    assert dead_letters(r) == 0
+    assert not dead_letters(r)
     w2.signal(signal.SIGTERM)
     assert w2.wait(30) == 0, w2.tail()
     assert refused(cluster) == {}
@@ -479,7 +443,7 @@ def test_a_master_killed_during_four_live_sessions_loses_no_window_and_publishes
     r = cluster.client()
     found = {sid: check_one_estimate_per_window(r, sid, result["stats"][sid].windows) for sid in sids}
     assert pending(r) == 0, "windows left pending"
-    assert dead_letters(r) == 0
+    assert not dead_letters(r)
     shown = [json.loads(line) for line in result["shown"].splitlines() if line.startswith("{")]
     shown_windows = [(e["session"], e["window"]) for e in shown]
     assert len(shown_windows) == len(set(shown_windows)), "the subscriber showed a window twice"

@@ -21,10 +21,12 @@ from pipeline_helpers import (  # noqa: E402
     all_published,
     check_estimates,
     client,
+    consumers,
     dead_letters,
     estimates,
     notices,
     pending,
+    pending_of,
     pipeline_env,
     wait_for,
 )
@@ -34,19 +36,6 @@ pytest_plugins = ("pipeline_helpers",)  # fixtures: checkpoint, face_clip, bars_
 pytest.importorskip("av")
 pytest.importorskip("opensmile")
 pytest.importorskip("mediapipe")
-
-
-def consumers(r) -> dict[str, dict]:
-    """The inference workers that have read from `dmd:windows`, by name, with their pending counts."""
-    try:
-        return {c["name"].decode(): c for c in r.xinfo_consumers(WINDOWS, INFER_GROUP)}
-    except Exception:  # noqa: BLE001 - the group does not exist yet
-        return {}
-
-
-def pending_of(r, name: str) -> list[int]:
-    entries = r.xpending_range(WINDOWS, INFER_GROUP, "-", "+", 1000, consumername=name)
-    return [e["message_id"] for e in entries]
 
 
 def _id(entry_id: str) -> tuple[int, int]:
@@ -115,7 +104,7 @@ def test_windows_of_a_worker_killed_with_sigkill_are_claimed_by_the_other_none_l
     w1 = processes.start("infer-w1", "infer", "--name", "w1", "--max-wait-ms", "4000", env=env)
     w2 = processes.start("infer-w2", "infer", "--name", "w2", env=env)
     r = client(url)
-    wait_for(lambda: {"w1", "w2"} <= set(consumers(r)), 60, "both workers reading", processes, alive=[w1, w2])
+    wait_for(lambda: {"w1", "w2"} <= consumers(r), 60, "both workers reading", processes, alive=[w1, w2])
     capture = processes.start("capture", "capture", "--source", bars_clip, "--session", "bob", "--speed", "2",
                               "--asr", "none", env=env)
     held = wait_for(lambda: len(pending_of(r, "w1")) >= 2 and pending_of(r, "w1"), 60, "w1 holding windows",
