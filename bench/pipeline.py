@@ -92,11 +92,25 @@ def latencies(received: list[tuple[float, object]], origin: dict[str, float]) ->
     stage = [e.latency_ms["notice_to_publish"] for _, e in received]
     asr_wait = [e.latency_ms["asr_wait"] for _, e in received]
     own = [a - b for a, b in zip(stage, asr_wait, strict=True)]
+    # the capture's share: from the window's end to its notice being sent (the features' latency and
+    # whatever kept the capture from sending it)
+    sent = [e.latency_ms["notice_sent_to_publish"] for _, e in received]
+    to_notice = [a - b for a, b in zip(end_to_sub, sent, strict=True)]
     return {"window_end_to_subscriber_ms": {"p50": pct(end_to_sub, 0.5), "p95": pct(end_to_sub, 0.95)},
+            "window_end_to_notice_sent_ms": {"p50": pct(to_notice, 0.5), "p95": pct(to_notice, 0.95)},
             "inference_stage_ms": {"p50": pct(stage, 0.5), "p95": pct(stage, 0.95)},
             "asr_wait_ms": {"p50": pct(asr_wait, 0.5), "p95": pct(asr_wait, 0.95)},
             "inference_stage_without_asr_wait_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
-            "windows_with_words": sum(1 for _, e in received if e.words)}
+            "windows_with_words": sum(1 for _, e in received if e.words),
+            "_each": each_latency(received, origin)}
+
+
+def each_latency(received: list[tuple[float, object]], origin: dict[str, float]) -> list[dict]:
+    """Every estimate's latencies, for --dump: where in the run the slow windows are."""
+    first = min(origin[e.session] + e.t_end for _, e in received) if received else 0.0
+    return [{"session": e.session, "window": e.window, "at_s": round(origin[e.session] + e.t_end - first, 3),
+             "end_to_subscriber": round((t - (origin[e.session] + e.t_end)) * 1000, 1),
+             **{k: round(v, 1) for k, v in e.latency_ms.items()}} for t, e in received]
 
 
 async def bench_sessions(args: argparse.Namespace) -> dict:
@@ -328,6 +342,8 @@ def main() -> None:
             p.add_argument("--asr", default="whisper", choices=["whisper", "vosk", "none"])
             p.add_argument("--clip", help="media file (default: the bundled demo clip)")
             p.add_argument("--video-fps", type=float, help="capture.video_fps: the face-tracking rate")
+            p.add_argument("--dump", help="write every estimate's latencies here (JSON lines: session, window, "
+                                          "seconds since the first window's end, each latency in ms)")
             p.add_argument("--processes", action="store_true",
                            help="each stage a process of its own (dmd infer, dmd asr, dmd capture per session)")
         else:
@@ -337,6 +353,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(bench_sessions(args) if args.bench == "sessions" else bench_batching(args))
+    dump = result.pop("_each", None)
+    if getattr(args, "dump", None) and dump is not None:
+        Path(args.dump).write_text("".join(json.dumps(row) + "\n" for row in dump))
     print(json.dumps(result, indent=2))
 
 

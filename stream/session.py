@@ -243,12 +243,13 @@ class Session:
         all, as long as it keeps writing: each new entry gives it another `CATCH_UP_GAP_S` (a
         recogniser writes about once a second; its first pass over a backlog takes longer). A writer is
         catching up when its data moves on faster than the wall clock (more than 1.2 s of session time
-        per second), or when it is more than `CATCH_UP_LAG_S` behind `t` (an ASR that was cut off by an
-        outage: it is that far behind only when it has audio to work off, since its steady lag is about
-        a second) and, given the writer's `lag` history, more than `CATCH_UP_MARGIN_S` beyond its usual
-        lag (which this call adds to). Then even its first entry is waited for, up to `CATCH_UP_GAP_S`.
-        A writer that keeps pace a little behind is not waited for past `timeout`, nor one that has
-        stopped writing past `CATCH_UP_GAP_S`."""
+        per second, between two entries that arrive during the wait), or when it is more than
+        `CATCH_UP_LAG_S` behind `t` (an ASR that was cut off by an outage: it is that far behind only
+        when it has audio to work off, since its steady lag is about a second) and, given the writer's
+        `lag` history, more than `CATCH_UP_MARGIN_S` beyond its usual lag (which this call adds to).
+        Then even its first entry is waited for, up to `CATCH_UP_GAP_S`. A writer that keeps pace a
+        little behind is not waited for past `timeout`, nor one that has stopped writing past
+        `CATCH_UP_GAP_S`."""
         key = self.keys.stream(codec(kind).type)
         start = time.monotonic()
         limit = start + max(timeout, catch_up_s)
@@ -259,7 +260,12 @@ class Session:
         if lag is not None and reached is not None:
             lag.add(t - reached)
         deadline = start + (max(timeout, CATCH_UP_GAP_S) if behind else timeout)
-        seen_at, seen = start, reached
+        # the rate is taken between entries that arrive during this wait, never from the one before it:
+        # Whisper commits a pass's words at once, so a single entry moves the watermark a second or
+        # more in an instant while the writer only keeps pace (taking that for catching up made the
+        # wait last to its next pass: BENCHMARKS.md, "Sessions per core")
+        seen_at: float | None = None
+        seen: float | None = None
         while reached is None or reached < t:
             remaining = min(deadline, limit) - time.monotonic()
             if remaining <= 0:
@@ -272,7 +278,8 @@ class Session:
             if not new:
                 continue
             now = time.monotonic()
-            fast = seen is not None and now > seen_at and (reached - seen) / (now - seen_at) > 1.2
+            fast = (seen is not None and seen_at is not None and now > seen_at
+                    and (reached - seen) / (now - seen_at) > 1.2)
             if catch_up_s and (behind or fast):
                 deadline = now + max(timeout, CATCH_UP_GAP_S)  # catching up: wait for its next entry
             seen_at, seen = now, reached

@@ -96,6 +96,25 @@ def test_two_streams_fed_in_turn_do_not_mix():
     assert np.array_equal(fb.values, extract_audio(b).values)
 
 
+def test_a_stream_started_before_its_first_chunk_gives_the_same_frames_from_the_t0_set_then():
+    """Capture starts openSMILE before the session clock and learns t0 at the first chunk."""
+    x = synthetic_speech(2.0)
+    early = AudioFeatureStream()
+    early.start()
+    early.start()  # idempotent
+    early.set_t0(3.5)
+    parts = []
+    for i in range(0, x.size, 1600):
+        early.feed(x[i : i + 1600])
+        parts.append(early.take())
+    frames = Frames.concat([*parts, early.finish()], dim=25)
+    reference = extract_audio(x, t0=3.5)
+    assert np.array_equal(frames.values, reference.values)
+    np.testing.assert_allclose(frames.times, reference.times)
+    with pytest.raises(FeatureError, match="before the first feed"):
+        early.set_t0(0.0)
+
+
 def test_int16_and_float_input_give_the_same_frames():
     x = synthetic_speech(1.5)
     pcm = np.clip(x * 32768, -32768, 32767).astype(np.int16)

@@ -296,6 +296,19 @@ class AudioFeatureStream:
         """Seconds of (16 kHz) audio fed so far."""
         return self._samples_in / SAMPLE_RATE
 
+    def start(self) -> None:
+        """Start openSMILE now rather than at the first `feed` (the first stream of a process takes
+        about 0.3 s to load it): a live source calls this before its clock starts. Idempotent."""
+        if self._smile is None and not self._finished:
+            self._start()
+
+    def set_t0(self, t0: float) -> None:
+        """The session time of the first sample, for a stream made before its first chunk was known;
+        only before the first `feed`."""
+        if self._samples_in or self._frames_out:
+            raise FeatureError(f"t0 = {t0!r} set after audio was fed: set it before the first feed")
+        self.t0 = float(t0)
+
     def _start(self) -> None:
         import weakref
 

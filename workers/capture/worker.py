@@ -86,6 +86,7 @@ class Capture:
         self._video_ready = asyncio.Event()
         self._video_done = False
         self._notice_lock = asyncio.Lock()
+        self._audio_stream: AudioFeatureStream | None = None  # made (and openSMILE started) by run()
 
     async def run(self, asr: str = "") -> CaptureStats:
         """Capture until the source ends (a file) or `stop()` (a live source); then flush the
@@ -95,8 +96,25 @@ class Capture:
         loop = asyncio.get_running_loop()
         self._asr = asr
         self.origin_wall: float | None = None
+        # the face tracker and openSMILE load before the session's clock starts (at its first media),
+        # side by side: loaded at the first frame or chunk, they held up the first windows
+        loading = []
         if self.source.has_video and self._tracker is None:
-            self._tracker = await loop.run_in_executor(self._threads, face_features, self.settings)
+            loading.append(loop.run_in_executor(self._threads, face_features, self.settings))
+        if self.source.has_audio:
+            self._audio_stream = AudioFeatureStream(sample_rate=SAMPLE_RATE)
+            loading.append(loop.run_in_executor(self._threads, self._audio_stream.start))
+        loaded = await asyncio.gather(*loading, return_exceptions=True)
+        for result in loaded:
+            if isinstance(result, BaseException):
+                if self._audio_stream is not None:
+                    self._audio_stream.close()
+                for other in loaded:
+                    if isinstance(other, FaceFeatureStream):
+                        other.close()
+                raise result
+        if self.source.has_video and self._tracker is None:
+            self._tracker = loaded[0]
         try:
             workers = []
             if self.source.has_audio:
@@ -185,6 +203,7 @@ class Capture:
     async def _audio_worker(self) -> None:
         loop = asyncio.get_running_loop()
         stream: AudioFeatureStream | None = None
+        started = self._audio_stream
         try:
             while True:
                 item = await self._audio_q.get()
@@ -195,7 +214,11 @@ class Capture:
                     self.planner.end_stream("afeat")
                     break
                 if stream is None:  # the acoustic frames' clock starts at the first sample
-                    stream = AudioFeatureStream(sample_rate=SAMPLE_RATE, t0=item.t0)
+                    if started is not None:
+                        stream, started = started, None
+                        stream.set_t0(item.t0)
+                    else:
+                        stream = AudioFeatureStream(sample_rate=SAMPLE_RATE, t0=item.t0)
                 chunk = PcmChunk(item.t0, item.pcm.astype(np.int16, copy=False))
                 await self.session.add(chunk)
                 self.stats.audio_chunks += 1
@@ -206,8 +229,9 @@ class Capture:
                 await self._send_afeat(frames)
                 await self._notify_ready()
         finally:
-            if stream is not None:
-                await loop.run_in_executor(self._threads, stream.close)
+            for opened in (stream, started):  # `started`: a source that gave no audio
+                if opened is not None:
+                    await loop.run_in_executor(self._threads, opened.close)
 
     @staticmethod
     def _feed_audio(stream: AudioFeatureStream, pcm: np.ndarray) -> Frames:
