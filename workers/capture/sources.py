@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,12 @@ class FileSource(Source):
                 asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
             asyncio.run_coroutine_threadsafe(queue.put(done), loop).result()
 
-        thread = loop.run_in_executor(None, decode)
-        start = time.monotonic()
+        # a thread of the source's own for the whole file: in the loop's default executor (a handful
+        # of threads for the process) the sessions beyond its size waited for others to end
+        decoder = ThreadPoolExecutor(1, thread_name_prefix="dmd-decode")
+        thread = loop.run_in_executor(decoder, decode)
+        decoder.shutdown(wait=False)  # the thread ends with `decode`
+        start = 0.0
         first_t: float | None = None
         try:
             while not stop.is_set():
@@ -105,8 +110,8 @@ class FileSource(Source):
                 if isinstance(item, BaseException):
                     raise item
                 t = media_time(item)
-                if first_t is None:
-                    first_t = t
+                if first_t is None:  # the pace counts from the first item, not from the call
+                    first_t, start = t, time.monotonic()
                 if self.speed > 0:  # pace: the item is due at its media time, scaled
                     due = start + (t - first_t) / self.speed
                     delay = due - time.monotonic()
