@@ -9,6 +9,9 @@ ports, joined with `redis-cli --cluster create`, one folder per node, torn down 
   to their masters (`masteruser`) log in as `admin`. `kill(port)` ends a node with SIGKILL,
   `pause(port)` and `resume(port)` stop and continue one (SIGSTOP, SIGCONT), `master_of(key)` and
   `replica_of(master)` find nodes.
+- `RedisClusterNodes(directory, tls=certificates)`: every node on a TLS port only, the cluster bus and
+  replication over TLS too (`--tls-cluster`, `--tls-replication`); `url` is then `rediss+cluster://`
+  with the test CA, and the test's own clients and `redis-cli` use TLS as well.
 
 Each node gets its client port and its cluster bus port (`--cluster-port`) from the free ports, so a
 client port above 55535 (bus port = port + 10000 by default) cannot make a node fail to start. Without
@@ -27,6 +30,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis_fixtures import MISSING, NO_RETRY, REDIS_SERVER, _alive
@@ -49,7 +53,7 @@ class RedisClusterNodes:
     unreachable before the others take it for failed and its replica is promoted."""
 
     def __init__(self, directory: Path, masters: int = MASTERS, *, replicas: int = 0, node_timeout_ms: int = 2000,
-                 users: Sequence[Sequence[str]] = ()) -> None:
+                 users: Sequence[Sequence[str]] = (), tls: Any = None) -> None:
         if REDIS_SERVER is None or REDIS_CLI is None:
             pytest.skip(MISSING + " (redis-cli too, for `redis-cli --cluster create`)")
         self.directory = Path(directory)
@@ -58,6 +62,7 @@ class RedisClusterNodes:
         self.ports, self.bus_ports = self._pick_ports()
         self.node_timeout_ms = node_timeout_ms
         self.users = [list(user) for user in users]
+        self.tls = tls  # tls_helpers.Certificates, or None
         self.admin_password = secrets.token_urlsafe(18) if users else None
         self.pids: dict[int, int] = {}  # port -> pid of the nodes running
         self.killed: set[int] = set()
@@ -79,16 +84,24 @@ class RedisClusterNodes:
 
     @property
     def url(self) -> str:
-        """`redis+cluster://` to the first node: the client learns the others from it."""
-        return self.url_for(ADMIN, self.admin_password) if self.admin_password else \
-            f"redis+cluster://127.0.0.1:{self.ports[0]}"
+        """`redis+cluster://` (`rediss+cluster://` with TLS) to the first node: the client learns the
+        others from it."""
+        if self.admin_password:
+            return self.url_for(ADMIN, self.admin_password)
+        if self.tls:
+            return f"rediss+cluster://127.0.0.1:{self.ports[0]}?ssl_ca_certs={self.tls.ca}"
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     def url_for(self, user: str, password: str | None, port: int | None = None) -> str:
         """`redis+cluster://user:password@...` to node `port` (the first by default)."""
-        return f"redis+cluster://{user}:{password}@127.0.0.1:{port or self.ports[0]}"
+        scheme, query = ("rediss+cluster", f"?ssl_ca_certs={self.tls.ca}") if self.tls else ("redis+cluster", "")
+        return f"{scheme}://{user}:{password}@127.0.0.1:{port or self.ports[0]}{query}"
 
-    def _auth(self) -> dict[str, str]:
-        return {"username": ADMIN, "password": self.admin_password} if self.admin_password else {}
+    def _auth(self) -> dict[str, Any]:
+        auth: dict[str, Any] = {"username": ADMIN, "password": self.admin_password} if self.admin_password else {}
+        if self.tls:
+            auth.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+        return auth
 
     def node_client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5, retry=NO_RETRY,
@@ -116,11 +129,19 @@ class RedisClusterNodes:
         auth = ["--user", "default", "off", "--user", ADMIN, "on", f">{self.admin_password}", "~*", "&*", "+@all",
                 *(word for user in self.users for word in ("--user", *user)),
                 "--masteruser", ADMIN, "--masterauth", self.admin_password] if self.admin_password else []
+        tls = self.tls
         for port, bus_port in zip(self.ports, self.bus_ports):
             node = self.directory / f"node-{port}"
             node.mkdir(parents=True, exist_ok=True)
+            listen = ["--port", str(port)] if tls is None else [
+                "--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-replication", "yes",
+                "--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key),
+                "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no",
+                # the bus and replication links authenticate both ends whatever tls-auth-clients says:
+                # a node connects to its peers with a certificate made for a client
+                "--tls-client-cert-file", str(tls.client_cert), "--tls-client-key-file", str(tls.client_key)]
             subprocess.run(
-                [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                [REDIS_SERVER, *listen, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-port", str(bus_port), "--cluster-config-file", str(node / "nodes.conf"),
                  "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no",
                  "--repl-diskless-sync-delay", "0",  # a replica's first sync at once, not after 5 s
@@ -132,6 +153,8 @@ class RedisClusterNodes:
             self._wait(port, deadline, lambda c: c.ping(), "answer PING")
             self.pids[port] = self._pid_of(port)
         login = ["--user", ADMIN, "--pass", self.admin_password] if self.admin_password else []
+        if tls is not None:
+            login += ["--tls", "--cacert", str(tls.ca)]
         created = subprocess.run(
             [REDIS_CLI, *login, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -288,6 +311,22 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     if redis is None:
         pytest.skip("redis-py is not installed: pip install -e '.[dev]'")
     cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """Three masters on TLS ports only (`rediss+cluster://`), certificates of the test's own CA."""
+    from tls_helpers import make_certificates
+
+    if redis is None:
+        pytest.skip("redis-py is not installed: pip install -e '.[dev]'")
+    certificates = make_certificates(tmp_path_factory.mktemp("cluster-tls-certs"))
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster-tls"), tls=certificates)
     try:
         cluster.start()
         yield cluster

@@ -19,17 +19,16 @@ import asyncio
 import dataclasses
 import json
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
 from redis_fixtures import NO_RETRY, REDIS_SERVER, free_port
+from tls_helpers import Certificates, make_certificates
 
 from stream.connection import parse_redis_url
 from stream.keys import ACL_COMMANDS, acl_rule
@@ -41,52 +40,14 @@ pytest_plugins = ("pipeline_helpers",)  # fixtures: checkpoint, bars_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "workers" / "assets" / "demo.mp4"
-OPENSSL = shutil.which("openssl")
 USER = "dmd"
 DB = 1  # not 0: the workers' SELECT is part of the rule
 
 
 # -- certificates ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Certificates:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path  # a CA that signed nothing of this server's
-
-
-def _openssl(directory: Path, *args: str) -> None:
-    out = subprocess.run([OPENSSL, *args], cwd=directory, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, f"openssl {' '.join(args)}:\n{out.stderr[-2000:]}"
-
-
-def _ca(directory: Path, name: str, subject: str) -> None:
-    _openssl(directory, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-days", "2", "-subj", subject, "-keyout", f"{name}.key", "-out", f"{name}.crt",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-
-
-def _signed(directory: Path, name: str, subject: str, extensions: str) -> None:
-    (directory / f"{name}.ext").write_text(extensions)
-    _openssl(directory, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-subj", subject, "-keyout", f"{name}.key", "-out", f"{name}.csr")
-    _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    if OPENSSL is None:
-        pytest.skip("openssl is not installed (apt-get install openssl): it makes the test certificates")
-    d = tmp_path_factory.mktemp("tls")
-    _ca(d, "ca", "/CN=dmd test CA")
-    _ca(d, "other-ca", "/CN=another CA")
-    _signed(d, "server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    _signed(d, "client", "/CN=dmd worker", "extendedKeyUsage=clientAuth\n")
-    return Certificates(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key",
-                        d / "other-ca.crt")
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 # -- the server ------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from cluster_fixtures import redis_cluster  # noqa: F401
+from cluster_fixtures import redis_cluster, redis_cluster_tls  # noqa: F401
 from redis.crc import key_slot
 
 from stream.connection import RedisURLError, connect, is_cluster, parse_redis_url, partitions_for
@@ -240,9 +240,11 @@ def test_sessions_on_a_cluster_get_one_estimate_per_window_and_a_subscriber_sees
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_dmd_run_and_dmd_watch_on_a_cluster(redis_cluster, checkpoint, bars_clip, monkeypatch, capsys) -> None:  # noqa: F811
-    """`dmd run` with REDIS_URL=redis+cluster://: capture, inference and its subscriber on the cluster,
-    every window one estimate; `dmd watch` of every session shows them."""
+@pytest.mark.parametrize("nodes", ["redis_cluster", "redis_cluster_tls"])
+def test_dmd_run_and_dmd_watch_on_a_cluster(nodes, request, checkpoint, bars_clip, monkeypatch, capsys) -> None:
+    """`dmd run` with REDIS_URL=redis+cluster:// (and rediss+cluster:// to nodes on TLS ports only):
+    capture, inference and its subscriber on the cluster, every window one estimate; `dmd watch` of
+    every session shows them."""
     pytest.importorskip("av")
     pytest.importorskip("opensmile")
     import json
@@ -253,8 +255,11 @@ def test_dmd_run_and_dmd_watch_on_a_cluster(redis_cluster, checkpoint, bars_clip
     from stream.messages import WindowNotice
     from workers.cli import main
 
-    redis_cluster.flush()
-    for name, value in pipeline_env(checkpoint, redis_cluster.url).items():
+    cluster = request.getfixturevalue(nodes)
+    if cluster.tls:
+        assert cluster.url.startswith("rediss+cluster://")
+    cluster.flush()
+    for name, value in pipeline_env(checkpoint, cluster.url).items():
         if name.startswith("DMD_") or name == "REDIS_URL":
             monkeypatch.setenv(name, value)
     capsys.readouterr()
@@ -264,7 +269,7 @@ def test_dmd_run_and_dmd_watch_on_a_cluster(redis_cluster, checkpoint, bars_clip
     report = [json.loads(line) for line in err.splitlines() if line.startswith('{"session"')][-1]
     assert report["missing"] == [] and report["windows"] == report["estimates"] >= 7, report
 
-    r = redis_cluster.client()
+    r = cluster.client()
     sent = []
     for _, fields in r.xrange(Partitions(CLUSTER_PARTITIONS).for_session("windows", "onclus")):
         try:
