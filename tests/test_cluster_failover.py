@@ -214,15 +214,18 @@ def test_windows_of_an_inference_worker_killed_on_a_cluster_are_claimed_by_the_o
     pytest.importorskip("opensmile")
     cluster.flush()
     env = pipeline_env(checkpoint, worker_url(cluster), inference_claim_idle_ms=1500)
-    # w1 holds each batch for 4 s before running the model: it is killed with windows in hand
-    w1 = processes.start("infer-w1", "infer", "--name", "w1", "--max-wait-ms", "4000", env=env)
-    w2 = processes.start("infer-w2", "infer", "--name", "w2", env=env)
+    # w1 holds each batch for 30 s before running the model and takes the session's windows alone
+    # (tests/test_pipeline_processes.py, the same on one Redis): killed with windows in hand once w2 reads
+    w1 = processes.start("infer-w1", "infer", "--name", "w1", "--max-wait-ms", "30000", env=env)
     r = cluster.client()
-    wait_for(lambda: {"w1", "w2"} <= consumers(r), 60, "both workers reading", processes, alive=[w1, w2])
+    wait_for(lambda: "w1" in consumers(r), 60, "w1 reading", processes, alive=[w1])
     capture = processes.start("capture", "capture", "--source", bars_clip, "--session", "bob", "--speed", "2",
                               "--asr", "none", env=env)
     held = wait_for(lambda: len(pending_of(r, "w1")) >= 2 and pending_of(r, "w1"), 60, "w1 holding windows",
-                    processes, alive=[w1, w2])
+                    processes, alive=[w1])
+    w2 = processes.start("infer-w2", "infer", "--name", "w2", env=env)
+    wait_for(lambda: "w2" in consumers(r), 60, "w2 reading", processes, alive=[w1, w2])
+    assert pending_of(r, "w1"), "w1 published its windows before it could be killed"
     w1.signal(signal.SIGKILL)
     assert w1.wait(10) == -signal.SIGKILL
     assert capture.wait(60) == 0, capture.tail()
@@ -368,14 +371,19 @@ def test_a_master_killed_during_four_live_sessions_loses_no_window_and_publishes
     process, beside an inference worker and a `dmd watch` of every session); once each has an
     estimate, the master of two sessions' keys and two partitions of dmd:windows is killed (SIGKILL).
     Its replica takes over; every worker rides the failover out (capture's writes, the reads of every
-    partition, publishing, the subscription), and at the end every window has exactly one estimate,
-    nothing is pending, nothing went to the dead letters and the subscriber showed each window once."""
+    partition, publishing, the subscription, and an ASR worker, the engine that writes no words: its
+    session holds, audio reads and watermarks), and at the end every window has exactly one estimate,
+    nothing is pending, nothing went to the dead letters, the subscriber showed each window once and
+    every session's words stream reached the end of its audio."""
     pytest.importorskip("av")
     pytest.importorskip("opensmile")
     from dmd_model.artefacts.predict import Predictor
     from dmd_model.features import load_text_encoder
+    from stream.messages import AsrWords
     from stream.replication import replication_for
     from stream.session import Session
+    from workers.asr.factory import make_engine_factory
+    from workers.asr.worker import AsrWorker
     from workers.capture import Capture, FileSource
     from workers.infer.worker import InferenceWorker
     from workers.settings import InferenceSettings, PipelineSettings
@@ -396,13 +404,16 @@ def test_a_master_killed_during_four_live_sessions_loses_no_window_and_publishes
                                  InferenceSettings(claim_idle_ms=3000, device="cpu"), asr_grace_s=0.0,
                                  name="infer", text_encoder=load_text_encoder())
         inference = asyncio.create_task(worker.run())
+        asr = AsrWorker(r, make_engine_factory("none")[1], name="asr", max_sessions=len(sids), claim_idle_ms=3000)
+        asr_stop = asyncio.Event()
+        asr_task = asyncio.create_task(asr.run(asr_stop))
         shown = io.StringIO()
         subscribed = asyncio.Event()
         watcher = asyncio.create_task(watch(r, None, as_json=True, history=0, out=shown, ready=subscribed))
         await asyncio.wait_for(subscribed.wait(), 20)
         captures = {sid: Capture(r, sid, FileSource(ten_second_clip, speed=1), settings) for sid in sids}
         running = {sid: asyncio.create_task(c.run(asr="none")) for sid, c in captures.items()}
-        workers = [inference, watcher, *running.values()]
+        workers = [inference, watcher, asr_task, *running.values()]
 
         await _until_estimates(admin, sids, workers, 60)
         assert replication_for(r).waited > 0, "no write waited for a replica before the kill"
@@ -427,6 +438,17 @@ def test_a_master_killed_during_four_live_sessions_loses_no_window_and_publishes
         deadline = time.monotonic() + 30
         while await _pending(admin) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        # the ASR worker finished every session: its words stream reaches the end of the audio
+        words_end: dict[str, float | None] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not asr_task.done():
+            words_end = {sid: await Session(admin, sid).data_until(AsrWords) for sid in sids}
+            if not asr.running and all((words_end[sid] or 0.0) >= stats[sid].end_time - 1e-3 for sid in sids):
+                break
+            await asyncio.sleep(0.1)
+        assert not asr_task.done(), "the ASR worker stopped"
+        asr_stop.set()
+        await asyncio.wait_for(asr_task, 30)
         worker.stop()
         await asyncio.wait_for(inference, 30)
         watcher.cancel()
@@ -434,7 +456,8 @@ def test_a_master_killed_during_four_live_sessions_loses_no_window_and_publishes
         await r.aclose()
         await admin.aclose()
         return {"stats": stats, "shown": shown.getvalue(), "published": worker.published,
-                "duplicates": worker.duplicates}
+                "duplicates": worker.duplicates, "words_end": words_end,
+                "asr_finished": sorted(f.session for f in asr.finished)}
 
     with caplog.at_level(logging.WARNING):
         result = asyncio.run(main())
@@ -449,6 +472,9 @@ def test_a_master_killed_during_four_live_sessions_loses_no_window_and_publishes
     assert len(shown_windows) == len(set(shown_windows)), "the subscriber showed a window twice"
     assert set(shown_windows) == {(sid, e["window"]) for sid in sids for e in found[sid]}
     assert refused(cluster) == {}, "a node refused the workers something"
+    for sid in sids:
+        assert result["words_end"][sid] >= result["stats"][sid].end_time - 1e-3, (sid, result["words_end"])
+    assert result["asr_finished"] == sorted(sids), result["asr_finished"]
 
     # the time to recover: from the kill to cluster_state:ok on every node, and to the first estimate
     # published in a session whose keys were on the killed master (so on its replica, now master)
