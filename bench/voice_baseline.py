@@ -10,7 +10,10 @@ used once. Two normalisations of the functionals:
 - `global`: z-scored with the train speakers' mean and spread;
 - `per_speaker`: z-scored with each speaker's own mean and spread over all of that speaker's clips
   (the test speakers' too, without their labels: what a live session could approach with a running
-  statistic once it has heard enough of its speaker).
+  statistic once it has heard enough of its speaker);
+- `running` (with `--folds`): that running statistic, each speaker's clips in a random order as one
+  session, each clip z-scored by the speaker's clips so far (itself included), shrunk towards the
+  train speakers' statistics by five clips' worth: the same code for every speaker, train and test.
 
 Classes: the seven of the project (`dmd_types.emotions`: RAVDESS calm -> neutral, EmoDB boredom ->
 neutral) and, for RAVDESS, the corpus's own eight. Scored by `dmd_model.training.metrics.emotion_metrics`
@@ -79,6 +82,27 @@ def normalised(x: np.ndarray, speakers: np.ndarray, train: np.ndarray, how: str)
     return out
 
 
+def running(x: np.ndarray, speakers: np.ndarray, train: np.ndarray, prior: float = 5.0,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each speaker's clips in a random order, as one live session: a clip z-scored with the mean and
+    spread of that speaker's clips so far (itself included), shrunk towards the train speakers' by
+    `prior` clips' worth. Also each clip's position in its session (0 = the first)."""
+    g_mean, g_var = x[train].mean(0), x[train].var(0)
+    out, position = np.empty_like(x), np.zeros(len(x), np.int64)
+    rng = np.random.default_rng(seed)
+    for s in np.unique(speakers):
+        rows = rng.permutation(np.flatnonzero(speakers == s))
+        n, total, squares = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+        for i, row in enumerate(rows):
+            n, total, squares = n + 1, total + x[row], squares + x[row] ** 2
+            mean = (total + prior * g_mean) / (n + prior)
+            var = (squares + prior * (g_var + g_mean ** 2)) / (n + prior) - mean ** 2
+            std = np.sqrt(np.maximum(var, 0))
+            out[row] = (x[row] - mean) / np.where(std > 0, std, 1.0)
+            position[row] = i
+    return out, position
+
+
 def uar(true: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([(pred[true == c] == c).mean() for c in np.unique(true)]))
 
@@ -137,18 +161,27 @@ def main() -> None:
     if args.folds:
         order = sorted(set(speakers.tolist()))
         pairs = [order[i:i + 2] for i in range(0, len(order) - 1, 2)]
-        folds: dict[str, list[float]] = {"global": [], "per_speaker": []}
+        folds: dict[str, list[float]] = {"global": [], "per_speaker": [], "running": []}
+        early_late: list[tuple[float, float]] = []
         for k, test_pair in enumerate(pairs):
             valid_pair = pairs[(k + 1) % len(pairs)]
             fold = np.where(np.isin(speakers, test_pair), "test", np.where(np.isin(speakers, valid_pair), "valid",
                                                                           "train"))
-            for how in folds:
+            for how in ("global", "per_speaker"):
                 folds[how].append(svm_run(normalised(x, speakers, fold == "train", how), seven, fold)["test_uar"])
+            xr, position = running(x, speakers, fold == "train")
+            run = svm_run(xr, seven, fold)
+            folds["running"].append(run["test_uar"])
+            test = fold == "test"
+            pred, true, pos = run["pred"], seven[test], position[test]
+            early_late.append((uar(true[pos < 10], pred[pos < 10]), uar(true[pos >= 10], pred[pos >= 10])))
         result["folds"] = {"test_pairs": pairs, **{how: {"test_uar_each": v, "mean": round(float(np.mean(v)), 4),
                                                          "std": round(float(np.std(v)), 4)}
                                                    for how, v in folds.items()},
                            "per_speaker_minus_global_each": [round(b - a, 4) for a, b in
-                                                             zip(folds["global"], folds["per_speaker"])]}
+                                                             zip(folds["global"], folds["per_speaker"])],
+                           "running_first_10_clips_uar_mean": round(float(np.mean([e for e, _ in early_late])), 4),
+                           "running_after_10_clips_uar_mean": round(float(np.mean([v for _, v in early_late])), 4)}
     result["seconds"] = round(time.monotonic() - started, 1)
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
     print(json.dumps(result, indent=1))
