@@ -333,26 +333,17 @@ def word_from_dict(d: Any) -> Word:
 class AsrWords(Message):
     """Words the ASR has committed, and its watermark: every word starting before `watermark` has been
     sent, so a window ending at or before the watermark has all its words. An entry with no words
-    and a later watermark says "silence up to here".
-
-    `heard` (optional; None from writers that do not say) is the end of the audio the recogniser has
-    run over, committed or not. A watermark far behind with `heard` near it means audio still to
-    work off (an ASR catching up after an outage: worth waiting for); with `heard` well ahead, the
-    recogniser has heard the words and not yet agreed on them (Whisper's LocalAgreement hesitating:
-    waiting would only make the window as late as the next passes)."""
+    and a later watermark says "silence up to here"."""
 
     type: ClassVar[str] = "words"
     words: tuple[Word, ...]
     watermark: float
-    heard: float | None = None
 
     def __post_init__(self) -> None:
         words = tuple(checked_word(w) if isinstance(w, Word) else word_from_dict(w) for w in self.words)
         object.__setattr__(self, "words", words)
         watermark = _number(self.watermark, "words.watermark", low=0.0, high=MAX_SESSION_S)
         object.__setattr__(self, "watermark", watermark)
-        if self.heard is not None:
-            object.__setattr__(self, "heard", _number(self.heard, "words.heard", low=0.0, high=MAX_SESSION_S))
         for i, w in enumerate(words):
             if w.end > watermark:
                 raise MessageError(f"word {i} ({w.text!r}) ends at {w.end}, after the watermark {watermark}: "
@@ -366,18 +357,14 @@ class AsrWords(Message):
         return self.watermark
 
     def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"words": [word_to_dict(w) for w in self.words], "watermark": self.watermark}
-        if self.heard is not None:
-            body["heard"] = self.heard
-        return body
+        return {"words": [word_to_dict(w) for w in self.words], "watermark": self.watermark}
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> AsrWords:
         words = body["words"]
         if not isinstance(words, list):
             raise MessageError(f"is a {type(words).__name__}, expected a list", "words.words")
-        return cls(words=tuple(word_from_dict(w) for w in words), watermark=body["watermark"],
-                   heard=body.get("heard"))
+        return cls(words=tuple(word_from_dict(w) for w in words), watermark=body["watermark"])
 
 
 @dataclass(frozen=True)

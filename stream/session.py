@@ -247,9 +247,6 @@ class Session:
         `CATCH_UP_LAG_S` behind `t` (an ASR that was cut off by an outage: it is that far behind only
         when it has audio to work off, since its steady lag is about a second) and, given the writer's
         `lag` history, more than `CATCH_UP_MARGIN_S` beyond its usual lag (which this call adds to).
-        "Behind" is measured from the audio the writer has heard where its entries say
-        (`AsrWords.heard`), else from its data: a recogniser that has heard the window and not yet
-        agreed on its words has nothing to work off.
         Then even its first entry is waited for, up to `CATCH_UP_GAP_S`. A writer that keeps pace a
         little behind is not waited for past `timeout`, nor one that has stopped writing past
         `CATCH_UP_GAP_S`."""
@@ -257,16 +254,11 @@ class Session:
         start = time.monotonic()
         limit = start + max(timeout, catch_up_s)
         last = await self.redis.xrevrange(key, "+", "-", count=1)
-        message = from_fields(last[0][1], kind) if last else None
-        reached = message.t_end if message is not None else None
+        reached = from_fields(last[0][1], kind).t_end if last else None
         last_id = last[0][0] if last else b"0-0"
-        # how far behind the writer is: from the audio it has run over where it says (`AsrWords.heard`),
-        # so that words heard and not yet agreed on are not taken for a backlog; else from its data
-        heard = getattr(message, "heard", None)
-        progress = heard if heard is not None else reached
-        behind = catch_up_s > 0 and t - (progress or 0.0) > (lag.behind_beyond() if lag else CATCH_UP_LAG_S)
-        if lag is not None and progress is not None:
-            lag.add(t - progress)
+        behind = catch_up_s > 0 and t - (reached or 0.0) > (lag.behind_beyond() if lag else CATCH_UP_LAG_S)
+        if lag is not None and reached is not None:
+            lag.add(t - reached)
         deadline = start + (max(timeout, CATCH_UP_GAP_S) if behind else timeout)
         # the rate is taken between entries that arrive during this wait, never from the one before it:
         # Whisper commits a pass's words at once, so a single entry moves the watermark a second or

@@ -163,11 +163,6 @@ def test_the_worker_finds_a_session_and_writes_its_words_as_the_audio_comes(redi
               f"{sum(len(m.words) for _, m in during)} words before the end event, {worker.stats()['finished']}")
         assert wer < 0.35
         assert sum(len(m.words) for _, m in during) >= 5, "words should come while the audio streams"
-        # every entry says how far Whisper has heard: never short of its watermark, never going back,
-        # and ahead of it while words are heard and not yet agreed on
-        heard = [m.heard for _, m in entries]
-        assert all(h is not None and h >= m.watermark - 1e-3 for h, (_, m) in zip(heard, entries)), heard
-        assert heard == sorted(heard) and any(h - m.watermark >= 0.5 for h, (_, m) in zip(heard, entries))
         assert await r.xpending(SESSIONS, ASR_GROUP) == {"pending": 0, "min": None, "max": None, "consumers": []}
         assert worker.stats()["finished"][0]["cpu_share"] < 0.6
         await r.aclose()

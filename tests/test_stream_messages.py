@@ -193,18 +193,6 @@ def test_producer_learns_of_a_bad_value_when_building_the_message() -> None:
         AsrWords((Word("x", 2.0, 1.0),), watermark=3.0)
 
 
-def test_asr_words_say_how_far_the_recogniser_has_heard_when_the_writer_knows() -> None:
-    said = AsrWords((Word("so", 1.0, 1.2),), watermark=1.5, heard=3.25)
-    back = from_fields(to_fields(said), AsrWords)
-    assert back == said and back.heard == 3.25
-    older = from_fields(to_fields(AsrWords((), watermark=2.0)), AsrWords)  # a writer that does not say
-    assert older.heard is None and "heard" not in older.body()
-    with pytest.raises(MessageError, match=r"words.heard: nan is not finite"):
-        AsrWords((), watermark=2.0, heard=float("nan"))
-    with pytest.raises(MessageError, match=r"words.heard: -1.0 is below 0.0"):
-        AsrWords((), watermark=2.0, heard=-1.0)
-
-
 def test_a_pcm_chunk_is_checked_when_it_is_sent_and_when_it_is_read() -> None:
     with pytest.raises(MessageError, match=r"audio.pcm: has shape \(10, 2\): 2 channels, expected mono"):
         to_fields(PcmChunk(0.0, np.zeros((10, 2), np.int16)))

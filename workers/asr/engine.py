@@ -177,13 +177,6 @@ class Engine(ABC):
         return self._watermark
 
     @property
-    def heard(self) -> float:
-        """Session time up to which the recogniser has run over the audio, whether or not it has
-        committed words there (`AsrWords.heard`): the end of the audio fed, for an engine that
-        recognises as it is fed; Whisper says where its last pass ended."""
-        return self.audio_end
-
-    @property
     def partial(self) -> str:
         """The words heard but not yet committed, for display only (may change, never streamed)."""
         return ""

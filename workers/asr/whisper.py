@@ -327,7 +327,6 @@ class WhisperEngine(Engine):
         self.vad = SpeechDetector(t0, self.vad_threshold)
         self.quiet_until = t0  # a pass found no words before this (less a second for the cut end)
         self.last_pass_audio = t0
-        self._heard_until = t0
         self._skip_counted = -math.inf
         self.next_pass_wall = -math.inf
 
@@ -358,7 +357,6 @@ class WhisperEngine(Engine):
         committed: list[Word] = []
         if speech is None:
             # nothing said since the last committed word: no pass, nothing left to agree on
-            self._heard_until = end
             if due:
                 self._stats.skipped += 1
                 self.last_pass_audio = end
@@ -372,11 +370,6 @@ class WhisperEngine(Engine):
             self._stats.skipped += 1  # CPU budget: the next pass sees more audio
             self._skip_counted = self.last_pass_audio
         return committed, self._watermark_candidate()
-
-    @property
-    def heard(self) -> float:
-        """The end of the audio of the last pass, or of the audio fed while nothing is being said."""
-        return self._heard_until
 
     def _watermark_candidate(self) -> float:
         end = self.audio_end
@@ -410,7 +403,7 @@ class WhisperEngine(Engine):
         cpu, wall = time.process_time(), time.perf_counter()
         hypothesis = self._transcribe(self.buffer, self.buffer_t0, " ".join(self.context))
         self._stats.passes += 1
-        self.last_pass_audio = self._heard_until = end
+        self.last_pass_audio = end
         if hypothesis is None:  # a repetition loop or no speech: nothing to agree on
             self._stats.extra["discarded"] += 1
             hypothesis = []

@@ -19,10 +19,9 @@ For each session (`AsrSession`):
 - Block on the audio stream and the session's events stream together (one `XREAD`; both keys are
   in the session's hash slot). Audio is fed to the engine, and `take` run, in a thread of the
   worker's executor: recognition never blocks the event loop.
-- Write `AsrWords(words, watermark, heard)` whenever there are words or the watermark has moved on by
-  `min_advance_s`, or the audio the engine has run over (`heard`) by `HEARD_STEP_S`. Entries follow
-  on without overlap: each entry's words start at or after the previous entry's watermark (the
-  engines guarantee it, `workers.asr.engine`).
+- Write `AsrWords(words, watermark)` whenever there are words or the watermark has moved on by
+  `min_advance_s`. Entries follow on without overlap: each entry's words start at or after the
+  previous entry's watermark (the engines guarantee it, `workers.asr.engine`).
 - At the session's end event (`dmd:{sid}:events`), read the audio that is left, `finish` the
   engine, and write the final entry: its watermark is the end of the audio (or the end the event
   states, if later), so a reader knows that ASR is done for the whole session. A session with no
@@ -67,7 +66,6 @@ from .factory import EngineFactory
 log = logging.getLogger(__name__)
 
 _MAX_SEQ = 18446744073709551615  # the largest sequence number of a stream id
-HEARD_STEP_S = 0.5  # an entry is written when only the audio heard has moved on this far (AsrWords.heard)
 
 def _after_time(t: float) -> str:
     """The stream id just before every entry whose data reaches `t` (ids are the entry's end in ms)."""
@@ -108,7 +106,6 @@ class AsrSession:
         self.read_count, self.block_ms = read_count, block_ms
         self.idle_timeout_s, self.min_advance_s, self.max_outage_s = idle_timeout_s, min_advance_s, max_outage_s
         self.written = 0.0  # the last watermark written
-        self.heard_written = 0.0  # and the last `heard`
         self.words = 0
         self.entries = 0
         self.bad_chunks = 0
@@ -229,17 +226,12 @@ class AsrSession:
     async def _write(self, words: list[Word], watermark: float, final: bool = False) -> None:
         watermark = max(watermark, self.written)
         advanced = watermark - self.written
-        heard = max(self.engine.heard, watermark)
-        # an entry also when only `heard` moved on (by HEARD_STEP_S): the inference worker tells a
-        # recogniser catching up from one that has heard the words and not yet agreed on them by it
-        if not words and (advanced <= 0 or (not final and advanced < self.min_advance_s)) \
-                and heard - self.heard_written < HEARD_STEP_S:
+        if not words and (advanced <= 0 or (not final and advanced < self.min_advance_s)):
             return
         words = [w if w.start >= self.written else Word(w.text, self.written, max(w.end, self.written), w.confidence)
                  for w in words]
-        await self.session.add(AsrWords(tuple(words), watermark, heard=round(heard, 3)))
+        await self.session.add(AsrWords(tuple(words), watermark))
         self.written = watermark
-        self.heard_written = heard
         self.words += len(words)
         self.entries += 1
 
