@@ -99,21 +99,20 @@ class Capture:
         # the face tracker and openSMILE load before the session's clock starts (at its first media),
         # side by side: loaded at the first frame or chunk, they held up the first windows
         loading = []
-        if self.source.has_video and self._tracker is None:
+        need_tracker = self.source.has_video and self._tracker is None
+        if need_tracker:
             loading.append(loop.run_in_executor(self._threads, face_features, self.settings))
         if self.source.has_audio:
             self._audio_stream = AudioFeatureStream(sample_rate=SAMPLE_RATE)
             loading.append(loop.run_in_executor(self._threads, self._audio_stream.start))
         loaded = await asyncio.gather(*loading, return_exceptions=True)
-        for result in loaded:
-            if isinstance(result, BaseException):
-                if self._audio_stream is not None:
-                    self._audio_stream.close()
-                for other in loaded:
-                    if isinstance(other, FaceFeatureStream):
-                        other.close()
-                raise result
-        if self.source.has_video and self._tracker is None:
+        failed = next((r for r in loaded if isinstance(r, BaseException)), None)
+        if failed is not None:
+            for opened in (*loaded, self._audio_stream):
+                if isinstance(opened, (FaceFeatureStream, AudioFeatureStream)):
+                    opened.close()
+            raise failed
+        if need_tracker:
             self._tracker = loaded[0]
         try:
             workers = []
@@ -202,23 +201,21 @@ class Capture:
 
     async def _audio_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        stream: AudioFeatureStream | None = None
-        started = self._audio_stream
+        stream = self._audio_stream  # made, and openSMILE started, by run()
+        assert stream is not None
+        fed = False
         try:
             while True:
                 item = await self._audio_q.get()
                 if item is None:
-                    if stream is not None:
+                    if fed:
                         await self._send_afeat(await loop.run_in_executor(self._threads, stream.finish))
                     self.planner.end_stream("audio")
                     self.planner.end_stream("afeat")
                     break
-                if stream is None:  # the acoustic frames' clock starts at the first sample
-                    if started is not None:
-                        stream, started = started, None
-                        stream.set_t0(item.t0)
-                    else:
-                        stream = AudioFeatureStream(sample_rate=SAMPLE_RATE, t0=item.t0)
+                if not fed:  # the acoustic frames' clock starts at the first sample
+                    stream.set_t0(item.t0)
+                    fed = True
                 chunk = PcmChunk(item.t0, item.pcm.astype(np.int16, copy=False))
                 await self.session.add(chunk)
                 self.stats.audio_chunks += 1
@@ -229,9 +226,7 @@ class Capture:
                 await self._send_afeat(frames)
                 await self._notify_ready()
         finally:
-            for opened in (stream, started):  # `started`: a source that gave no audio
-                if opened is not None:
-                    await loop.run_in_executor(self._threads, opened.close)
+            await loop.run_in_executor(self._threads, stream.close)
 
     @staticmethod
     def _feed_audio(stream: AudioFeatureStream, pcm: np.ndarray) -> Frames:
