@@ -291,6 +291,27 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, procs: Process
         time.sleep(interval)
 
 
+def kill_a_worker_holding_windows(processes: Processes, r: Any, env: dict[str, str], clip: Path,
+                                  session: str) -> tuple[Proc, Proc, list[bytes]]:
+    """The first half of the SIGKILL tests (one Redis, a cluster): `dmd infer` w1, holding each batch
+    30 s before the model, takes the windows of `session` (`clip` captured at twice real time) alone
+    (with two workers reading, which one gets a notice is a race, and w1 could hold fewer than two);
+    once it holds two, w2 starts and reads, and w1 is killed with SIGKILL. Returns w2, the capture and
+    the entries w1 held."""
+    w1 = processes.start("infer-w1", "infer", "--name", "w1", "--max-wait-ms", "30000", env=env)
+    wait_for(lambda: "w1" in consumers(r), 60, "w1 reading", processes, alive=[w1])
+    capture = processes.start("capture", "capture", "--source", clip, "--session", session, "--speed", "2",
+                              "--asr", "none", env=env)
+    held = wait_for(lambda: len(pending_of(r, "w1")) >= 2 and pending_of(r, "w1"), 60, "w1 holding windows",
+                    processes, alive=[w1])
+    w2 = processes.start("infer-w2", "infer", "--name", "w2", env=env)
+    wait_for(lambda: "w2" in consumers(r), 60, "w2 reading", processes, alive=[w1, w2])
+    assert pending_of(r, "w1"), "w1 published its windows before it could be killed"
+    w1.signal(signal.SIGKILL)
+    assert w1.wait(10) == -signal.SIGKILL
+    return w2, capture, held
+
+
 # -- reading back --------------------------------------------------------------------------------------
 def client(url: str):
     """A synchronous client for `url`, any URL `dmd` takes (`redis+cluster://` gives a RedisCluster),

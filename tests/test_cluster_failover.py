@@ -41,9 +41,9 @@ pytest.register_assert_rewrite("pipeline_helpers")
 from pipeline_helpers import (  # noqa: E402
     Processes,
     check_estimates,
-    consumers,
     dead_letters,
     estimates,
+    kill_a_worker_holding_windows,
     notices,
     pending,
     pending_of,
@@ -214,20 +214,8 @@ def test_windows_of_an_inference_worker_killed_on_a_cluster_are_claimed_by_the_o
     pytest.importorskip("opensmile")
     cluster.flush()
     env = pipeline_env(checkpoint, worker_url(cluster), inference_claim_idle_ms=1500)
-    # w1 holds each batch for 30 s before running the model and takes the session's windows alone
-    # (tests/test_pipeline_processes.py, the same on one Redis): killed with windows in hand once w2 reads
-    w1 = processes.start("infer-w1", "infer", "--name", "w1", "--max-wait-ms", "30000", env=env)
     r = cluster.client()
-    wait_for(lambda: "w1" in consumers(r), 60, "w1 reading", processes, alive=[w1])
-    capture = processes.start("capture", "capture", "--source", bars_clip, "--session", "bob", "--speed", "2",
-                              "--asr", "none", env=env)
-    held = wait_for(lambda: len(pending_of(r, "w1")) >= 2 and pending_of(r, "w1"), 60, "w1 holding windows",
-                    processes, alive=[w1])
-    w2 = processes.start("infer-w2", "infer", "--name", "w2", env=env)
-    wait_for(lambda: "w2" in consumers(r), 60, "w2 reading", processes, alive=[w1, w2])
-    assert pending_of(r, "w1"), "w1 published its windows before it could be killed"
-    w1.signal(signal.SIGKILL)
-    assert w1.wait(10) == -signal.SIGKILL
+    w2, capture, held = kill_a_worker_holding_windows(processes, r, env, bars_clip, "bob")
     assert capture.wait(60) == 0, capture.tail()
     stats = capture.json_lines()[-1]
     wait_for(lambda: all_published(r, "bob", stats["windows"]), 60, "every window published after the kill",
