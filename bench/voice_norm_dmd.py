@@ -11,12 +11,18 @@ configuration below) with the voice positions of the pickle
   positions z-scored with the running mean and spread of that speaker's positions so far (the clip's
   own included), shrunk towards the profile's (mean 0, spread 1) by `--prior` clips' worth: the
   statistic a live session can keep, the same for train, valid and test speakers;
-- `speaker` (with `--whole`): each speaker's mean and spread over all of their clips.
+- `speaker` (with `--whole`): each speaker's mean and spread over all of their clips;
+- with `--against OTHER.pkl`: the voice positions of another extraction of the same clips, named by
+  its profile (e.g. `live-v4`, whose per-session normalisation of the voiced frames is the one built
+  into `dmd extract` and the inference worker).
+
+`--variants none,live-v4` runs only those.
 
 Positions without voice frames (zeros: padding) stay zero. The test UAR of each fold and variant is
 printed as JSON with the mean over the folds.
 
     python bench/voice_norm_dmd.py runs/exp/ravdess.pkl --labels runs/exp/ravdess/label.csv [--folds 10] [--whole]
+        [--against runs/exp/ravdess-v4.pkl] [--variants none,live-v4]
 
 A fold takes about 80 s on 2 cores (RAVDESS, 24-40 epochs). Writes under runs/voice_norm_dmd/.
 """
@@ -88,6 +94,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=10, help="this many speaker pairs as test, in order")
     ap.add_argument("--prior", type=float, default=5.0, help="running: the prior's weight in clips (default 5)")
     ap.add_argument("--whole", action="store_true", help="also each speaker's whole set (not causal)")
+    ap.add_argument("--against", help="another extraction of the same clips: its voice positions as a variant")
+    ap.add_argument("--variants", help="comma-separated: only these variants")
     args = ap.parse_args()
 
     with open(args.labels, newline="") as f:
@@ -100,6 +108,16 @@ def main() -> None:
     all_pairs = [order[i:i + 2] for i in range(0, len(order) - 1, 2)]
     variants = ["none", "running"] + (["speaker"] if args.whole else [])
     audio = {v: normalised(pool["audio"], speakers, v, args.prior) for v in variants}
+    if args.against:
+        with open(args.against, "rb") as f:
+            other = pickle.load(f)
+        name = other["meta"]["profile"]["name"]
+        other_pool, _ = pooled(other, speaker_of)
+        row_of = {str(i): r for r, i in enumerate(other_pool["id"])}
+        audio[name] = other_pool["audio"][[row_of[str(i)] for i in pool["id"]]]
+        variants.append(name)
+    if args.variants:
+        variants = [v for v in args.variants.split(",") if v in audio]
     work = ROOT / "runs" / "voice_norm_dmd"
     work.mkdir(parents=True, exist_ok=True)
     dmd = str(Path(sys.executable).with_name("dmd"))

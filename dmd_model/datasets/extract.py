@@ -31,7 +31,10 @@ files, plus:
 The arrays are stored as `align_window` made them, present or not (silence still has acoustic
 features; positions without a face are already zeros), because the inference worker feeds the
 model its windows the same way (`Predictor.predict` without `present`): training and serving see the
-same input for the same situation. The presence flags are stored beside them.
+same input for the same situation. The presence flags are stored beside them. A profile that
+normalises the voice per session (live-v4) replays each session's clips (a speaker's: label.csv's
+`speaker`, else the `video_id`) in a seeded order through `voice_norm.SessionVoice` once all clips are
+in, as the inference worker does with a live session's windows.
 
 Sub-span augmentation (`subspans`): a live window is 3 s, six to nine words, while a transcript is
 a whole utterance. `subspans=K` adds K random contiguous runs of `subspan_words` words of every
@@ -74,6 +77,7 @@ import numpy as np
 
 from ..features.alignment import MODALITIES
 from ..features.profile import PROFILE, Profile
+from ..features.voice_norm import normalise_sessions
 from .cache import EXTRACT_VERSION, default_cache_dir
 from .labels import SPLITS, ExtractError, select_clips
 from .parallel import run_parallel
@@ -154,9 +158,11 @@ class SplitArrays:
                 "emotion_labels": np.full(n, -1, np.int64),
                 "ok": np.zeros(n, bool),
                 "id": [""] * n, "raw_text": [""] * n, "transcript": [""] * n,
+                "afeat": [None] * n, "span": [(0.0, 0.0)] * n, "session": [""] * n,
             }
             for split, n in ((s, counts.get(s, 0)) for s in SPLITS)
         }
+        self.profile = profile
         self.row: list[int] = []  # the row of the i-th clip in its split
         filled: Counter[str] = Counter()
         for split in splits:
@@ -171,6 +177,8 @@ class SplitArrays:
         a["regression_labels"][j] = sample.label
         a["emotion_labels"][j] = sample.emotion
         a["id"][j], a["raw_text"][j], a["transcript"][j] = sample.id, sample.words, sample.transcript
+        if self.profile.voice_session and sample.afeat is not None:
+            a["afeat"][j], a["span"][j], a["session"][j] = sample.afeat, sample.span, sample.session
         a["ok"][j] = True
 
     def finish(self) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
@@ -178,6 +186,12 @@ class SplitArrays:
         out: dict[str, dict[str, Any]] = {}
         counts = {}
         for split, a in self.arrays.items():
+            afeat, spans, sessions = a.pop("afeat"), a.pop("span"), a.pop("session")
+            rows = [j for j, f in enumerate(afeat) if f is not None]
+            if rows:  # each session's clips replayed in their seeded order (live-v4)
+                a["audio"][rows] = normalise_sessions([afeat[j] for j in rows], [spans[j] for j in rows],
+                                                      [sessions[j] for j in rows], [a["id"][j] for j in rows],
+                                                      self.profile)
             ok = a.pop("ok")
             keep = np.flatnonzero(ok)
             whole = keep.size == ok.size

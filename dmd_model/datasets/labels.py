@@ -47,6 +47,9 @@ class ClipSpec:
     source: str = ""  # the label file
     emotion: int = -1  # index in dmd_types.EMOTIONS; -1: none
     language: str = ""  # the speech's language ("" unknown); not English: no words (the text model reads English)
+    # whose voice: the clips of one session share the per-session normalisation of the voice
+    # (live-v4); label.csv's `speaker` column where there is one, else the video_id
+    session: str = ""
 
 
 def read_labels(path: str | Path, media_root: str | Path | None = None) -> list[ClipSpec]:
@@ -97,7 +100,8 @@ def read_labels(path: str | Path, media_root: str | Path | None = None) -> list[
         media = _find_media(Path(media_root), video_id, clip_id) if media_root is not None else None
         specs.append(ClipSpec(id=sample_id, text=(row.get("text") or "").strip(), label=label, split=split,
                               video_id=video_id, clip_id=clip_id, media=media, source=str(path), emotion=emotion,
-                              language=(row.get("language") or "").strip().lower()))
+                              language=(row.get("language") or "").strip().lower(),
+                              session=(row.get("speaker") or "").strip() or video_id))
     if bad_modes:
         raise ExtractError(f"{path.name}: mode(s) {dict(bad_modes)} are not train, valid (dev) or test: fix the "
                            "`mode` column")

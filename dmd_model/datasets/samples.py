@@ -57,6 +57,11 @@ class Sample:
     no_transcript: bool = False
     dropped_tokens: int = 0
     emotion: int = -1  # index in dmd_types.EMOTIONS; -1: none
+    # the clip's acoustic frames and the span of its window, for the per-session normalisation of
+    # the voice (live-v4: `voice_norm.normalise_sessions`); None: no media (text only)
+    afeat: Frames | None = None
+    span: tuple[float, float] = (0.0, 0.0)
+    session: str = ""  # the clip's session for that normalisation (`ClipSpec.session`)
 
 
 def _arrays(window: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[bool, bool, bool]]:
@@ -151,14 +156,18 @@ class Extractor:
                     return Sample(spec.id, spec.split, spec.label, z["text"], z["audio"], z["vision"],
                                   tuple(bool(p) for p in z["present"]), int(z["n_tokens"]), str(z["words"]),
                                   spec.text, cached=True, no_transcript=not spec.text,
-                                  dropped_tokens=int(z["dropped"]), emotion=spec.emotion)
+                                  dropped_tokens=int(z["dropped"]), emotion=spec.emotion,
+                                  afeat=Frames(z["afeat_times"], z["afeat_values"], z["afeat_present"]),
+                                  span=(float(z["span"][0]), float(z["span"][1])), session=spec.session)
             except (OSError, ValueError, KeyError, EOFError):
                 pass  # damaged: extract again
         sample = self._extract_media(spec)
         if path is not None:
             atomic_savez(path, text=sample.text, audio=sample.audio, vision=sample.vision,
                           present=np.asarray(sample.present), n_tokens=sample.n_tokens, words=sample.words,
-                          dropped=sample.dropped_tokens)
+                          dropped=sample.dropped_tokens, afeat_times=sample.afeat.times,
+                          afeat_values=sample.afeat.values, afeat_present=sample.afeat.present,
+                          span=np.asarray(sample.span))
         return sample
 
     def _extract_media(self, spec: ClipSpec) -> Sample:
@@ -188,7 +197,8 @@ class Extractor:
         text, audio, vision, present = _arrays(window)
         return Sample(spec.id, spec.split, spec.label, text, audio, vision, present, window.n_tokens,
                       " ".join(w.text for w in window.words), spec.text, no_transcript=not spec.text,
-                      dropped_tokens=window.dropped_tokens, emotion=spec.emotion)
+                      dropped_tokens=window.dropped_tokens, emotion=spec.emotion, afeat=media.audio,
+                      span=(t_start, t_end), session=spec.session)
 
     def _words(self, spec: ClipSpec, media: Any) -> list[Word]:
         if spec.language not in ("", "en"):

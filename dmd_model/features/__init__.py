@@ -16,7 +16,8 @@
 | text     | all-MiniLM-L6-v2 token embeddings (frozen)          | 384       |
 
 Face frames always carry 62 values (the expert's 7 are zeros where it was not run); profiles before
-live-v3 read the first 55.
+live-v3 read the first 55. live-v4 normalises the voice per session (`SessionVoice`, `voice_norm`):
+the same running statistic of the session's voiced frames offline and live.
 
 Offline, `extract_media(path)` gives a whole file's frames and `align_transcript` its words' times;
 the same `align_window` over the clip's span makes the training sample. `PROFILE.describe()` is
@@ -50,6 +51,7 @@ from .profile import (
     LIVE_V1_BERT,
     LIVE_V2,
     LIVE_V3,
+    LIVE_V4,
     PROFILE,
     VISUAL_NAMES,
     Profile,
@@ -59,6 +61,7 @@ from .profile import (
 )
 from .text import TextEncoder, TokenEmbeddings, load_text_encoder
 from .visual import FaceFeatureStream, FaceTracker, head_pose
+from .voice_norm import SessionVoice, VoiceMoments, normalise_sessions, voiced_moments
 
 __all__ = [
     "AUDIO_NAMES",
@@ -68,6 +71,7 @@ __all__ = [
     "LIVE_V1_BERT",
     "LIVE_V2",
     "LIVE_V3",
+    "LIVE_V4",
     "PROFILE",
     "VISUAL_NAMES",
     "AlignedWindow",
@@ -82,9 +86,11 @@ __all__ = [
     "PcmChunk",
     "Profile",
     "Resampler",
+    "SessionVoice",
     "TextEncoder",
     "TokenEmbeddings",
     "VideoFrame",
+    "VoiceMoments",
     "Word",
     "align_transcript",
     "align_window",
@@ -96,6 +102,7 @@ __all__ = [
     "get_profile",
     "head_pose",
     "load_text_encoder",
+    "normalise_sessions",
     "normalise_text",
     "normalise_word",
     "normalise_words",
@@ -104,4 +111,5 @@ __all__ = [
     "select_words",
     "stack_windows",
     "voiced_mask",
+    "voiced_moments",
 ]

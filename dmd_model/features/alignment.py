@@ -328,6 +328,17 @@ def _averaged_frames(audio: Frames, visual: Frames, spans: np.ndarray, length: i
     return audio_out, audio_voiced, visual_out, face_present
 
 
+def voice_positions(audio: Frames, t_start: float, t_end: float, profile: Profile) -> np.ndarray:
+    """(L, 25): the voice positions `align_window` gives the window [t_start, t_end) in a profile with
+    fixed time slots (live-v2 and later), without the words and the face: what the per-session
+    normalisation of the voice recomputes from normalised frames (`voice_norm`)."""
+    if profile.frames != "slots":
+        raise FeatureError(f"profile {profile.name!r} places voice frames by words: its positions need the words")
+    spans, length = _slots(float(t_start), float(t_end), profile.frame_slot_s, profile.seq_len, stretch=True)
+    empty = Frames.empty(len(FACE_FRAME_NAMES))
+    return _averaged_frames(audio.between(float(t_start), float(t_end)), empty, spans, length, profile)[0]
+
+
 def stack_windows(windows: Sequence[AlignedWindow]) -> dict[str, np.ndarray]:
     """A batch: text (B, L, Dt), audio (B, L, 25), visual (B, L, 55 or 62), lengths (B,), present (B, 3)
     in the order text, audio, visual."""

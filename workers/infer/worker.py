@@ -8,7 +8,8 @@ to serve more sessions. For each window notice it
 2. reads the window's span back from the session's streams (acoustic frames, face frames, words);
 3. aligns them into the model's input (`dmd_model.features.align_window`, the same function that
    made the training data, with the checkpoint's own feature profile: a live-v2 checkpoint gets
-   voice and face on fixed time slots, as it was trained), off the event loop;
+   voice and face on fixed time slots, as it was trained; a live-v4 one its voice normalised by the
+   session's running statistic, `dmd_model.features.voice_norm`), off the event loop;
 4. runs DMD on a micro-batch of windows from any sessions (up to `max_batch`, waiting at most
    `max_wait_ms` for a batch to fill), in `torch.inference_mode`, on CUDA with bf16 when present,
    in a thread of its own;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -39,7 +41,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dmd_model.artefacts.predict import Predictor, sentiment_label
-from dmd_model.features import align_window, check_profile
+from dmd_model.features import SessionVoice, align_window, check_profile, voiced_moments
 from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
 from dmd_model.features.text import PrecomputedTokens
 from dmd_types import EMOTIONS, Frames, Word
@@ -67,6 +69,8 @@ READS_AT_ONCE = 24
 # How long a window's read waits for Redis to come back (a cluster's failover takes a few seconds)
 # before the window is left pending, to be claimed again later.
 READ_OUTAGE_S = 30.0
+# Sessions whose voice statistic (live-v4) a worker keeps; 51 numbers each.
+MAX_SESSION_VOICES = 10_000
 
 
 @dataclass
@@ -138,6 +142,7 @@ class InferenceWorker:
         self._chains: dict[str, asyncio.Future] = {}
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}  # session -> the last of its windows being prepared
         self._asr_lags: dict[str, WriterLag] = {}  # session -> how far its ASR usually is behind a window's end
+        self._voices: dict[str, SessionVoice] = {}  # session -> its voice statistic (live-v4), least recent first
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(4 * s.max_batch)  # notices being prepared or waiting for the model
         self._reads = asyncio.Semaphore(READS_AT_ONCE)
@@ -317,6 +322,23 @@ class InferenceWorker:
         for job, enc in zip(jobs, encoders):
             job.window = align_window(job.words, job.audio, job.visual, job.notice.t_start, job.notice.t_end,
                                       text_encoder=enc, profile=self.profile)
+            if self.profile.voice_session:
+                job.window = self._session_voice_normalised(job)
+
+    def _session_voice_normalised(self, job: _Job) -> AlignedWindow:
+        """The window with its voice normalised by its session's running statistic (live-v4), after
+        adding the voiced frames up to its end that no earlier window of the session added. Batches
+        are aligned one at a time and a session's windows in notice order, so the statistic grows as
+        the session goes on; a worker that joins a session late starts from the prior (its first
+        windows are barely normalised), as a new session does."""
+        session = job.notice.session
+        voice = self._voices.pop(session, None) or SessionVoice(self.profile.voice_prior_frames)
+        self._voices[session] = voice  # the most recently used last: the oldest are dropped first
+        while len(self._voices) > MAX_SESSION_VOICES:
+            del self._voices[next(iter(self._voices))]
+        t_start, t_end = job.notice.t_start, job.notice.t_end
+        voice.add(voiced_moments(job.audio, self.profile, after=voice.until, before=t_end))
+        return dataclasses.replace(job.window, audio=voice.positions(job.audio, t_start, t_end, self.profile))
 
     # -- batching, the model, publishing ---------------------------------------------------------------
     async def _batch_loop(self) -> None:
