@@ -31,3 +31,15 @@ def test_importing_every_stream_module_loads_no_model_code() -> None:
             f"print(sorted(n for n in sys.modules if n.split('.')[0] in {FORBIDDEN!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_command_line_is_built_without_torch_or_the_feature_libraries() -> None:
+    """`dmd --help`, and the parser every `dmd` command builds first, load no model or media code:
+    `dmd watch` or `dmd --help` used to import torch (1.3-1.6 s) through the demo clip's path."""
+    code = ("import sys, contextlib, io\n"
+            "from workers.cli import build_parser\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    build_parser().parse_args(['--help'])\n"
+            "print(sorted(n for n in ('torch', 'mediapipe', 'opensmile', 'transformers', 'cv2') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -18,6 +18,9 @@ import yaml
 
 import configs
 
+# The clip `dmd demo` plays (and `dmd webrtc-client` loops) by default, installed with the package.
+DEMO_CLIP = Path(__file__).resolve().parent / "assets" / "demo.mp4"
+
 
 class SettingsError(ValueError):
     """A pipeline setting is missing or wrong; the message names it and the fix."""

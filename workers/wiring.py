@@ -39,8 +39,6 @@ from .settings import AsrSettings, InferenceSettings, PipelineSettings
 
 log = logging.getLogger("dmd")
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEMO_CLIP = ASSETS / "demo.mp4"
 
 
 class RedisUnreachable(RuntimeError):

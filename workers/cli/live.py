@@ -80,7 +80,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..wiring import DEMO_CLIP
+    from ..settings import DEMO_CLIP
 
     source = args.source or str(DEMO_CLIP)
     if not Path(source).is_file():

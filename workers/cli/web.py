@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- webrtc-client -------------------------------------------------------------------------------------
 def add_client_arguments(p: argparse.ArgumentParser) -> None:
-    from ..wiring import DEMO_CLIP
+    from ..settings import DEMO_CLIP
 
     p.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
     p.add_argument("--token", default="", help="the server's token, if it asks for one")
