@@ -48,8 +48,7 @@ fidelity: $(VENV)/.installed-dev
 	$(BIN)/python bench/fidelity.py --official "$(DMD_OFFICIAL)"
 
 # The shipped default checkpoint (dmd_model/checkpoints/default.pt): DMD with two tasks (sentiment
-# and the seven emotions) in the live profile live-v4 (live-v2 with the voice normalised per
-# session), trained in one run on several corpora:
+# and the seven emotions) in the live profile live-v2, trained in one run on several corpora:
 # the CMU-MOSI and CMU-MOSEI transcripts (sentiment; text only, with window-length word spans as
 # well as whole utterances), the MELD transcripts (emotions; text only), RAVDESS speech (emotions;
 # voice and words) and EmoDB (emotions; voice only: German). Splits by speaker (dmd convert) or the
@@ -57,10 +56,10 @@ fidelity: $(VENV)/.installed-dev
 LABELS  ?= ../shared/data/labels
 SPEECH  ?= ../shared/data/emotion_speech
 DC      := runs/default-checkpoint
-EXTRACT := $(BIN)/dmd extract --profile live-v4 --quiet
+EXTRACT := $(BIN)/dmd extract --profile live-v2 --quiet
 default-checkpoint: $(VENV)/.installed-dev $(DC)/sentiment.pkl $(DC)/mosi_test.pkl $(DC)/mosei_test.pkl \
 		$(DC)/meld.pkl $(DC)/ravdess.pkl $(DC)/emodb.pkl
-	$(BIN)/dmd train --config live_v4 --out $(DC)/train \
+	$(BIN)/dmd train --config live_v2 --out $(DC)/train \
 		--data sentiment=$(DC)/sentiment.pkl meld=$(DC)/meld.pkl ravdess=$(DC)/ravdess.pkl@8 emodb=$(DC)/emodb.pkl@4
 	$(BIN)/dmd release $(DC)/train/seed_1111/best.pt --out dmd_model/checkpoints/default.pt \
 		--eval mosi=$(DC)/mosi_test.pkl --eval mosei=$(DC)/mosei_test.pkl --eval meld=$(DC)/meld.pkl \
