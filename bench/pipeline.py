@@ -119,7 +119,7 @@ async def bench_sessions(args: argparse.Namespace) -> dict:
     from workers.asr.worker import AsrSession
     from workers.capture import Capture, FileSource
     from workers.infer.worker import InferenceWorker
-    from workers.wiring import DEMO_CLIP
+    from workers.settings import DEMO_CLIP
 
     if args.processes:
         return await bench_processes(args)
@@ -178,7 +178,7 @@ async def bench_processes(args: argparse.Namespace) -> dict:
 
     from stream.keys import SessionKeys
     from stream.lifecycle import session_events
-    from workers.wiring import DEMO_CLIP
+    from workers.settings import DEMO_CLIP
 
     embedded = None if args.redis else EmbeddedRedis()
     url = args.redis or embedded.url

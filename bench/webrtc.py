@@ -190,8 +190,8 @@ async def one_round(base: str, n: int, args: argparse.Namespace, serve_pid: int,
 
 
 async def bench(args: argparse.Namespace) -> dict:
+    from workers.settings import DEMO_CLIP
     from workers.web.client import clip_frames, clip_sound
-    from workers.wiring import DEMO_CLIP
 
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:

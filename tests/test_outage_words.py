@@ -13,7 +13,7 @@ from redis_fixtures import RedisServer
 
 from stream.keys import SessionKeys
 from stream.messages import AsrWords, from_fields
-from workers.wiring import DEMO_CLIP
+from workers.settings import DEMO_CLIP
 
 pytest.register_assert_rewrite("pipeline_helpers")
 from pipeline_helpers import Processes, client, estimates, pipeline_env, wait_for  # noqa: E402
