@@ -288,3 +288,30 @@ def test_extract_normalises_each_actors_clips_as_one_session(tmp_path: Path) -> 
     assert np.allclose(test["audio"], expected, atol=1e-6)
     assert not np.allclose(test["audio"], np.stack([s.audio for s in samples]), atol=1e-3)
     assert math.isclose(float(np.abs(test["audio"][:, 60:]).sum()), 0.0)  # padding stays zero
+
+
+def test_a_clip_cached_before_the_frames_were_kept_is_reused_except_by_live_v4(tmp_path: Path) -> None:
+    """The clip cache now keeps each clip's acoustic frames (live-v4 needs them). A cache entry of the
+    code before, without them, is still read by the other profiles (no re-extraction of a large data
+    set), and extracted again by live-v4 only."""
+    from pipeline_helpers import write_clip
+
+    from dmd_model.datasets.labels import ClipSpec
+    from dmd_model.datasets.samples import Extractor
+
+    clip = write_clip(tmp_path / "c.mp4", 2.0, sound="tone", fps=10)
+    spec = ClipSpec(id="v$_$c", text="", label=math.nan, split="test", video_id="v", clip_id="c", media=str(clip),
+                    emotion=0, language="de", session="v")  # not English: no words needed
+    for profile in (LIVE_V2, LIVE_V4):
+        extractor = Extractor(profile, tmp_path / "cache", text_encoder=OneTokenPerWord())
+        first = extractor.sample(spec)
+        assert not first.cached and first.afeat is not None and len(first.afeat) > 100
+        path = extractor._clip_path(spec)
+        with np.load(path) as z:
+            before = {k: z[k] for k in z.files if k not in ("afeat_times", "afeat_values", "afeat_present", "span")}
+        np.savez(path, **before)  # as the code before live-v4 wrote it
+        again = extractor.sample(spec)
+        if profile is LIVE_V2:
+            assert again.cached and again.afeat is None and np.array_equal(again.audio, first.audio)
+        else:
+            assert not again.cached and len(again.afeat) == len(first.afeat)

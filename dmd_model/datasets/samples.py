@@ -153,12 +153,19 @@ class Extractor:
         if path is not None and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
+                    # the clip's acoustic frames: needed only by a profile that normalises the voice
+                    # per session (live-v4); a clip cached before they were kept is extracted again
+                    # for such a profile only (its cache key has the profile's name anyway)
+                    has_frames = "afeat_times" in z.files
+                    if self.profile.voice_session and not has_frames:
+                        raise KeyError("afeat_times")
+                    afeat = Frames(z["afeat_times"], z["afeat_values"], z["afeat_present"]) if has_frames else None
+                    span = (float(z["span"][0]), float(z["span"][1])) if has_frames else (0.0, 0.0)
                     return Sample(spec.id, spec.split, spec.label, z["text"], z["audio"], z["vision"],
                                   tuple(bool(p) for p in z["present"]), int(z["n_tokens"]), str(z["words"]),
                                   spec.text, cached=True, no_transcript=not spec.text,
-                                  dropped_tokens=int(z["dropped"]), emotion=spec.emotion,
-                                  afeat=Frames(z["afeat_times"], z["afeat_values"], z["afeat_present"]),
-                                  span=(float(z["span"][0]), float(z["span"][1])), session=spec.session)
+                                  dropped_tokens=int(z["dropped"]), emotion=spec.emotion, afeat=afeat, span=span,
+                                  session=spec.session)
             except (OSError, ValueError, KeyError, EOFError):
                 pass  # damaged: extract again
         sample = self._extract_media(spec)
