@@ -291,9 +291,9 @@ def test_extract_normalises_each_actors_clips_as_one_session(tmp_path: Path) -> 
 
 
 def test_a_clip_cached_before_the_frames_were_kept_is_reused_except_by_live_v4(tmp_path: Path) -> None:
-    """The clip cache now keeps each clip's acoustic frames (live-v4 needs them). A cache entry of the
-    code before, without them, is still read by the other profiles (no re-extraction of a large data
-    set), and extracted again by live-v4 only."""
+    """The clip cache keeps a clip's acoustic frames for live-v4, which needs them. An entry without
+    them (the code before, or another profile) is read by the other profiles as it is (no
+    re-extraction of a large data set), and extracted again by live-v4."""
     from pipeline_helpers import write_clip
 
     from dmd_model.datasets.labels import ClipSpec

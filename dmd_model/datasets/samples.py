@@ -153,9 +153,8 @@ class Extractor:
         if path is not None and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    # the clip's acoustic frames: needed only by a profile that normalises the voice
-                    # per session (live-v4); a clip cached before they were kept is extracted again
-                    # for such a profile only (its cache key has the profile's name anyway)
+                    # the clip's acoustic frames: kept and needed only by a profile that normalises
+                    # the voice per session (live-v4); one cached without them is extracted again
                     has_frames = "afeat_times" in z.files
                     if self.profile.voice_session and not has_frames:
                         raise KeyError("afeat_times")
@@ -170,11 +169,13 @@ class Extractor:
                 pass  # damaged: extract again
         sample = self._extract_media(spec)
         if path is not None:
+            # the acoustic frames (about 10 KB a second of audio) only where the profile needs them
+            frames = ({"afeat_times": sample.afeat.times, "afeat_values": sample.afeat.values,
+                       "afeat_present": sample.afeat.present, "span": np.asarray(sample.span)}
+                      if self.profile.voice_session and sample.afeat is not None else {})
             atomic_savez(path, text=sample.text, audio=sample.audio, vision=sample.vision,
-                          present=np.asarray(sample.present), n_tokens=sample.n_tokens, words=sample.words,
-                          dropped=sample.dropped_tokens, afeat_times=sample.afeat.times,
-                          afeat_values=sample.afeat.values, afeat_present=sample.afeat.present,
-                          span=np.asarray(sample.span))
+                         present=np.asarray(sample.present), n_tokens=sample.n_tokens, words=sample.words,
+                         dropped=sample.dropped_tokens, **frames)
         return sample
 
     def _extract_media(self, spec: ClipSpec) -> Sample:
