@@ -170,14 +170,16 @@ def small_checkpoint(path: Path, profile, *, emotion_classes: int = 0, modalitie
     return save_checkpoint(path, DMD(cfg.model), cfg, profile=profile.describe(), modalities=modalities)
 
 
-def worker_for(path: Path, redis_url: str = "redis://127.0.0.1:1"):
+def worker_for(path: Path, redis_url: str = "redis://127.0.0.1:1", *, voice_expert: bool = False):
+    """A worker on this checkpoint; without the voice expert unless asked (these tests are about the
+    face: tests/test_voice_expert.py has the voice's)."""
     from dmd_model.artefacts.predict import Predictor
     from workers.infer.worker import InferenceWorker
     from workers.settings import InferenceSettings
 
     return InferenceWorker(connect(redis_url), Predictor(path, device="cpu", threads=1),
-                           InferenceSettings(device="cpu", max_wait_ms=1.0), asr_grace_s=0.0, name="test",
-                           text_encoder=OneTokenPerWord())
+                           InferenceSettings(device="cpu", max_wait_ms=1.0, voice_expert=voice_expert), asr_grace_s=0.0,
+                           name="test", text_encoder=OneTokenPerWord())
 
 
 def test_an_old_live_v2_checkpoint_runs_with_55_face_features_and_a_live_v3_one_with_62(tmp_path: Path) -> None:

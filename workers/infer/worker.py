@@ -15,7 +15,8 @@ to serve more sessions. For each window notice it
    in a thread of its own;
 5. takes the window's emotions: the emotion head's, pooled with the face's (the face expert's
    probabilities over the window's frames with a face) when the model does not read the face, or the
-   face's alone for a checkpoint without an emotion head (`fusion.window_emotions`); each modality
+   face's alone for a checkpoint without an emotion head, and with the voice expert's (a linear model
+   on the session-normalised voice) where it read the window (`fusion.window_emotions`); each modality
    says whether it was observed (`present`) and whether the model used it (`used`);
 6. publishes the estimate (stream + pub/sub, once per window, with the session's EMA of sentiment
    and of emotions) and only then acknowledges the notice.
@@ -44,6 +45,7 @@ from dmd_model.artefacts.predict import Predictor, sentiment_label
 from dmd_model.features import SessionVoice, align_window, check_profile, voiced_moments
 from dmd_model.features.alignment import AlignedWindow, select_words, stack_windows
 from dmd_model.features.text import PrecomputedTokens
+from dmd_model.features.voice_expert import load_voice_expert, voice_vector
 from dmd_types import EMOTIONS, Frames, Word
 from dmd_types.words import confident_words
 from stream.codec import MessageError
@@ -82,6 +84,7 @@ class _Job:
     visual: Frames
     received: float  # monotonic, when the notice was read
     latency: dict[str, float] = field(default_factory=dict)
+    voice_emotions: tuple[float, ...] | None = None  # the voice expert's, where it read the window
     window: AlignedWindow | None = None
     published: asyncio.Future | None = None  # set once the estimate is published, or the error that ended it
 
@@ -123,6 +126,11 @@ class InferenceWorker:
         # how DMD's emotions and the face's are pooled: by their measured accuracies (fusion.py)
         self.fusion = FusionWeights.from_metrics(getattr(predictor.checkpoint, "metrics", None))
         self.settings = settings or InferenceSettings()
+        # the voice's emotions from the voice expert, pooled with the model's (fusion.py)
+        self.voice_expert = load_voice_expert() if self.settings.voice_expert else None
+        if self.voice_expert is not None:
+            self.fusion = self.fusion.with_voice(
+                self.voice_expert.accuracy, "the voice expert's test accuracy on the RAVDESS and EmoDB test speakers")
         self.asr_grace_s = asr_grace_s
         self.asr_catch_up_s = asr_catch_up_s
         self.min_confidence = min_confidence
@@ -322,23 +330,29 @@ class InferenceWorker:
         for job, enc in zip(jobs, encoders):
             job.window = align_window(job.words, job.audio, job.visual, job.notice.t_start, job.notice.t_end,
                                       text_encoder=enc, profile=self.profile)
-            if self.profile.voice_session:
-                job.window = self._session_voice_normalised(job)
+            if self.profile.voice_session or self.voice_expert is not None:
+                voice = self._session_voice(job)
+                t_start, t_end = job.notice.t_start, job.notice.t_end
+                if self.profile.voice_session:
+                    job.window = dataclasses.replace(
+                        job.window, audio=voice.positions(job.audio, t_start, t_end, self.profile))
+                if self.voice_expert is not None:
+                    vector = voice_vector(job.audio, t_start, t_end, voice, self.profile)
+                    job.voice_emotions = None if vector is None else self.voice_expert.probabilities(vector)
 
-    def _session_voice_normalised(self, job: _Job) -> AlignedWindow:
-        """The window with its voice normalised by its session's running statistic (live-v4), after
-        adding the voiced frames up to its end that no earlier window of the session added. Batches
-        are aligned one at a time and a session's windows in notice order, so the statistic grows as
-        the session goes on; a worker that joins a session late starts from the prior (its first
-        windows are barely normalised), as a new session does."""
+    def _session_voice(self, job: _Job) -> SessionVoice:
+        """The session's running statistic of its voice (live-v4's normalisation, the voice expert's
+        input), after adding the voiced frames up to the window's end that no earlier window of the
+        session added. Batches are aligned one at a time and a session's windows in notice order, so
+        the statistic grows as the session goes on; a worker that joins a session late starts from
+        the prior (its first windows are barely normalised), as a new session does."""
         session = job.notice.session
         voice = self._voices.pop(session, None) or SessionVoice(self.profile.voice_prior_frames)
         self._voices[session] = voice  # the most recently used last: the oldest are dropped first
         while len(self._voices) > MAX_SESSION_VOICES:
             del self._voices[next(iter(self._voices))]
-        t_start, t_end = job.notice.t_start, job.notice.t_end
-        voice.add(voiced_moments(job.audio, self.profile, after=voice.until, before=t_end))
-        return dataclasses.replace(job.window, audio=voice.positions(job.audio, t_start, t_end, self.profile))
+        voice.add(voiced_moments(job.audio, self.profile, after=voice.until, before=job.notice.t_end))
+        return voice
 
     # -- batching, the model, publishing ---------------------------------------------------------------
     async def _batch_loop(self) -> None:
@@ -396,7 +410,7 @@ class InferenceWorker:
         used = {m: bool(window.present[m]) and m in trained for m in ("text", "audio", "visual")}
         emotions = window_emotions(prediction.emotions, prediction.modality_emotions, window.face_emotions,
                                    face_present=bool(window.present["visual"]), visual_used=used["visual"],
-                                   weights=self.fusion)
+                                   weights=self.fusion, voice=job.voice_emotions)
         modalities = {
             m: ModalityResult(present=bool(window.present[m]), used=used[m],
                               homo=float(prediction.homo[m]), hetero=float(prediction.hetero[m]),
