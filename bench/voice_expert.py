@@ -172,6 +172,46 @@ def fit_linear(x: np.ndarray, y: np.ndarray, modes: np.ndarray):
     return best[2], xs, best
 
 
+def pipeline_rule(checkpoint: Path, data_path: Path, ids: list[str], x: np.ndarray, y: np.ndarray,
+                  modes: np.ndarray) -> dict:
+    """The carried expert (`models/voice_expert.npz`) pooled with the checkpoint's emotions by the
+    inference worker's rule (`fusion.window_emotions`, the weights it uses), clip by clip: where the
+    expert reads no vector (too few voiced frames) the checkpoint's emotions stand."""
+    import pickle
+
+    from dmd_model.artefacts.predict import Predictor
+    from dmd_model.features.voice_expert import load_voice_expert
+    from workers.infer.fusion import FusionWeights, window_emotions
+
+    expert = load_voice_expert()
+    predictor = Predictor(checkpoint, device="cpu", threads=2)
+    weights = FusionWeights.from_metrics(predictor.checkpoint.metrics).with_voice(expert.accuracy, "voice expert")
+    with open(data_path, "rb") as f:
+        data = pickle.load(f)
+    out: dict = {"weights": weights.describe()}
+    for split in ("valid", "test"):
+        d = data[split]
+        row_of = {i: r for r, i in enumerate(ids)}
+        predictions = predictor.predict(d["text"], d["audio"], d["vision"], present=d["present"])
+        truth, alone, pooled, voice_only = [], [], [], []
+        for i, p in zip(d["id"], predictions):
+            r = row_of[str(i)]
+            heard = expert.probabilities(x[r]) if x[r].any() else None
+            fused = window_emotions(p.emotions, p.modality_emotions, None, face_present=False, visual_used=False,
+                                    weights=weights, voice=heard).fused
+            truth.append(y[r])
+            alone.append(int(np.argmax(p.emotions)))
+            pooled.append(int(np.argmax(fused)))
+            voice_only.append(int(np.argmax(heard)) if heard is not None else alone[-1])
+        truth_a = np.array(truth)
+        out[split] = {"n": len(truth), "checkpoint_uar": round(uar(truth_a, np.array(alone)), 4),
+                      "expert_uar": round(uar(truth_a, np.array(voice_only)), 4),
+                      "pooled_uar": round(uar(truth_a, np.array(pooled)), 4),
+                      "pooled_accuracy": round(float((np.array(pooled) == truth_a).mean()), 4),
+                      "checkpoint_accuracy": round(float((np.array(alone) == truth_a).mean()), 4)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", type=Path, nargs="+", help="folders of `dmd convert` (label.csv and Raw/)")
@@ -179,6 +219,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--data", type=Path, help="the corpus's pickle for --checkpoint (its profile)")
     ap.add_argument("--folds", action="store_true")
+    ap.add_argument("--pooled", action="store_true",
+                    help="with --checkpoint/--data: the carried expert pooled as the inference worker pools it")
     args = ap.parse_args()
     started = time.monotonic()
     ids, x_global, x_session, y, modes, sessions, corpora = vectors(args.dataset)
@@ -225,6 +267,8 @@ def main() -> None:
                                      "test_uar": round(uar(y[te], pooled[te].argmax(1)), 4),
                                      "dmd_alone_test_uar": round(uar(y[te], dmd[te].argmax(1)), 4),
                                      "dmd_alone_valid_uar": round(uar(y[va], dmd[va].argmax(1)), 4)}
+    if args.pooled and args.checkpoint and args.data:
+        out["pipeline_rule"] = pipeline_rule(args.checkpoint, args.data, ids, x_session, y, modes)
     if args.folds:
         order = sorted(set(sessions.tolist()))
         pairs = [order[i:i + 2] for i in range(0, len(order) - 1, 2)]
