@@ -69,19 +69,25 @@ def clip_vector(frames, t0: float, t1: float, voice: SessionVoice | None) -> np.
     return np.concatenate([*stats, [frames.present.mean()]])
 
 
-def vectors(datasets: list[Path]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                         np.ndarray]:
-    """Per clip of the datasets: id, global and session vectors, emotion, split, session (the
-    dataset's name and the speaker), corpus. Session vectors are `voice_vector`'s (zeros where it
+def vectors(datasets: list[Path]) -> tuple:
+    """Per clip of the datasets: id, global vectors, session vectors (the speaker's clips as one
+    session), alone vectors (the clip as a session of its own), emotion, split, session (the dataset's
+    name and the speaker), corpus. Session and alone vectors are `voice_vector`'s (zeros where it
     gives none: fewer voiced frames than the expert reads)."""
     extractor = Extractor(LIVE_V4, Path.home() / ".cache" / "live-dmd" / "extract")
-    ids, xg, xs, ys, modes, sessions, corpora = [], [], [], [], [], [], []
+    ids, xg, xs, xa, ys, modes, sessions, corpora = [], [], [], [], [], [], [], []
     for dataset in datasets:
         specs = [s for s in read_labels(dataset / "label.csv", dataset / "Raw") if s.emotion >= 0]
         samples = [extractor.sample(s) for s in specs]
         names = [s.id for s in specs]
         session_of = np.array([s.session for s in specs])
         local = np.zeros((len(specs), DIM))
+        for sample in samples:  # each clip a session of its own: what a one-clip live run has
+            t0, t1 = sample.span
+            voice = SessionVoice(LIVE_V4.voice_prior_frames)
+            voice.add(voiced_moments(sample.afeat, LIVE_V4, after=t0 - 1e-9, before=t1))
+            v = voice_vector(sample.afeat, t0, t1, voice, LIVE_V4)
+            xa.append(v if v is not None else np.zeros(DIM))
         for name in sorted(set(session_of)):
             rows = np.flatnonzero(session_of == name)
             voice = SessionVoice(LIVE_V4.voice_prior_frames)
@@ -98,36 +104,45 @@ def vectors(datasets: list[Path]) -> tuple[list[str], np.ndarray, np.ndarray, np
         modes += [s.split for s in specs]
         sessions += [f"{dataset.name}:{s.session}" for s in specs]
         corpora += [dataset.name] * len(specs)
-    return (ids, np.stack(xg), np.concatenate(xs), np.array(ys), np.array(modes), np.array(sessions),
+    return (ids, np.stack(xg), np.concatenate(xs), np.stack(xa), np.array(ys), np.array(modes), np.array(sessions),
             np.array(corpora))
 
 
-def save_expert(x: np.ndarray, y: np.ndarray, modes: np.ndarray, corpora: np.ndarray, path: Path) -> dict:
-    """Train the carried expert (see the module docstring) and write it; returns its figures."""
-    model, xs, best = fit_linear(x, y, modes)
-    scaler_mean, scaler_scale = x[modes == "train"].mean(0), x[modes == "train"].std(0)
+def save_expert(x: np.ndarray, x_alone: np.ndarray, y: np.ndarray, modes: np.ndarray, corpora: np.ndarray,
+                path: Path) -> dict:
+    """Train the carried expert (see the module docstring) and write it; returns its figures. It
+    learns from each clip twice: read within its speaker's session (a long live session) and as a
+    session of its own (a short one, barely normalised), so that it serves both."""
+    both_x, both_y = np.concatenate([x, x_alone]), np.concatenate([y, y])
+    both_modes = np.concatenate([modes, modes])
+    model, xs, best = fit_linear(both_x, both_y, both_modes)
+    train = both_modes == "train"
+    scaler_mean, scaler_scale = both_x[train].mean(0), both_x[train].std(0)
     scaler_scale = np.where(scaler_scale > 0, scaler_scale, 1.0)
     coef = np.full((len(EMOTIONS), x.shape[1]), 0.0)
     intercept = np.full(len(EMOTIONS), -30.0)  # a class the training data lacks is never predicted
     coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
     expert = VoiceExpert(scaler_mean, scaler_scale, coef, intercept, {})
     te = modes == "test"
-    pred = np.array([int(np.argmax(expert.probabilities(v))) for v in x])
-    figures = {"accuracy": round(float((pred[te] == y[te]).mean()), 4), "uar": round(uar(y[te], pred[te]), 4)}
-    for corpus in sorted(set(corpora)):
-        m = te & (corpora == corpus)
-        figures[corpus] = {"accuracy": round(float((pred[m] == y[m]).mean()), 4), "uar": round(uar(y[m], pred[m]), 4),
-                           "n": int(m.sum())}
+    figures: dict = {}
+    for name, rows in (("session", x), ("alone", x_alone)):
+        pred = np.array([int(np.argmax(expert.probabilities(v))) for v in rows])
+        figures[name] = {"accuracy": round(float((pred[te] == y[te]).mean()), 4), "uar": round(uar(y[te], pred[te]), 4)}
+        for corpus in sorted(set(corpora)):
+            m = te & (corpora == corpus)
+            figures[name][corpus] = {"accuracy": round(float((pred[m] == y[m]).mean()), 4),
+                                     "uar": round(uar(y[m], pred[m]), 4), "n": int(m.sum())}
+    figures["accuracy"] = round((figures["session"]["accuracy"] + figures["alone"]["accuracy"]) / 2, 4)
     meta = {"model": "multinomial logistic regression, balanced classes", "C": best[1],
             "inputs": "voice_vector: per-session normalised voiced eGeMAPS frames, 25 x (mean, sd, p10, p50, p90) "
-                      "+ voiced share", "trained_on": sorted(set(corpora)),
-            "train_clips": int((modes == "train").sum()),
+                      "+ voiced share; each train clip read in its speaker's session and alone",
+            "trained_on": sorted(set(corpora)), "train_clips": int((modes == "train").sum()),
             "valid_uar": round(best[0], 4), "test": figures,
             "licence": "derived from RAVDESS (CC BY-NC-SA 4.0) and EmoDB (research use): non-commercial"}
     expert = VoiceExpert(scaler_mean, scaler_scale, coef, intercept, meta)
     expert.save(path)
     if len(model.classes_) == len(EMOTIONS):  # the carried arithmetic is scikit-learn's
-        assert np.allclose([expert.probabilities(v) for v in x[:20]], model.predict_proba(xs[:20]), atol=1e-6)
+        assert np.allclose([expert.probabilities(v) for v in both_x[:20]], model.predict_proba(xs[:20]), atol=1e-6)
     return meta
 
 
@@ -223,11 +238,11 @@ def main() -> None:
                     help="with --checkpoint/--data: the carried expert pooled as the inference worker pools it")
     args = ap.parse_args()
     started = time.monotonic()
-    ids, x_global, x_session, y, modes, sessions, corpora = vectors(args.dataset)
+    ids, x_global, x_session, x_alone, y, modes, sessions, corpora = vectors(args.dataset)
     out: dict = {"bench": "voice_expert", "dataset": [str(d) for d in args.dataset], "clips": len(ids),
                  "features": x_global.shape[1]}
     if args.save:
-        out["saved"] = {"path": str(args.save), **save_expert(x_session, y, modes, corpora, args.save)}
+        out["saved"] = {"path": str(args.save), **save_expert(x_session, x_alone, y, modes, corpora, args.save)}
         print(json.dumps(out, indent=1))
         return
     te = modes == "test"
@@ -268,7 +283,9 @@ def main() -> None:
                                      "dmd_alone_test_uar": round(uar(y[te], dmd[te].argmax(1)), 4),
                                      "dmd_alone_valid_uar": round(uar(y[va], dmd[va].argmax(1)), 4)}
     if args.pooled and args.checkpoint and args.data:
-        out["pipeline_rule"] = pipeline_rule(args.checkpoint, args.data, ids, x_session, y, modes)
+        out["pipeline_rule"] = {
+            "in_session": pipeline_rule(args.checkpoint, args.data, ids, x_session, y, modes),
+            "alone": pipeline_rule(args.checkpoint, args.data, ids, x_alone, y, modes)}
     if args.folds:
         order = sorted(set(sessions.tolist()))
         pairs = [order[i:i + 2] for i in range(0, len(order) - 1, 2)]

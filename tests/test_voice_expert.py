@@ -178,3 +178,10 @@ def test_a_worker_pools_the_voice_experts_reading_of_each_window(redis_url: str,
     assert off.voice_expert is None
     again = serve_voice(off, redis_url, "unheard", frames, seconds)[0]
     assert list(again["emotions"].values()) == pytest.approx(prediction.emotions, abs=1e-5)
+
+
+def test_the_voice_expert_is_off_by_default_and_a_setting_turns_it_on() -> None:
+    from workers.settings import load_settings
+
+    assert load_settings(environ={}).inference.voice_expert is False
+    assert load_settings(environ={"DMD_INFERENCE_VOICE_EXPERT": "true"}).inference.voice_expert is True

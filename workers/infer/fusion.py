@@ -14,12 +14,13 @@ written down in docs/DESIGN.md ("The face's emotion"):
   are the weighted linear opinion pool p = (w_m p_model + w_f p_face) / (w_m + w_f), or the face's
   alone without an emotion head.
 
-The voice expert (`dmd_model.features.voice_expert`: a linear model on per-session normalised
-statistics of the window's voiced frames) is pooled the same way whenever it read the window (enough
-voiced frames), also when DMD reads the voice itself: measured on unseen speakers it reads the voice
-better than DMD does, and pooled with the default checkpoint it lifted RAVDESS test UAR from 0.527
-to 0.598 and EmoDB from 0.574 to 0.669 (BENCHMARKS.md, "The voice expert"). The audio entry stays
-DMD's audio heads' where the model has an emotion head, else it is the expert's.
+With `inference.voice_expert` (off by default), the voice expert (`dmd_model.features.voice_expert`:
+a linear model on per-session normalised statistics of the window's voiced frames) is pooled the same
+way whenever it read the window (enough voiced frames), also when DMD reads the voice itself: on
+unseen speakers it reads the voice about as well as DMD or better, and pooled with the default
+checkpoint it lifted RAVDESS and EmoDB test UAR by 5-8 points, but not their validation UAR, nor the
+live runs of single RAVDESS clips (BENCHMARKS.md, "The voice expert"): hence off. The audio entry
+stays DMD's audio heads' where the model has an emotion head, else it is the expert's.
 
 The weights are measured accuracies on the seven emotions, each model's on its own test data:
 w_f = 0.66, the mini-Xception's FER2013 test accuracy (Arriaga et al. 2017, "Real-time
