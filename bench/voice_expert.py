@@ -69,6 +69,9 @@ def clip_vector(frames, t0: float, t1: float, voice: SessionVoice | None) -> np.
     return np.concatenate([*stats, [frames.present.mean()]])
 
 
+WINDOWS: list[tuple[np.ndarray, int, str]] = []  # (vector, emotion, split) of every clip's live windows
+
+
 def vectors(datasets: list[Path]) -> tuple:
     """Per clip of the datasets: id, global vectors, session vectors (the speaker's clips as one
     session), alone vectors (the clip as a session of its own), emotion, split, session (the dataset's
@@ -82,12 +85,24 @@ def vectors(datasets: list[Path]) -> tuple:
         names = [s.id for s in specs]
         session_of = np.array([s.session for s in specs])
         local = np.zeros((len(specs), DIM))
-        for sample in samples:  # each clip a session of its own: what a one-clip live run has
+        for spec, sample in zip(specs, samples):  # each clip a session of its own: what a one-clip live run has
             t0, t1 = sample.span
             voice = SessionVoice(LIVE_V4.voice_prior_frames)
             voice.add(voiced_moments(sample.afeat, LIVE_V4, after=t0 - 1e-9, before=t1))
             v = voice_vector(sample.afeat, t0, t1, voice, LIVE_V4)
             xa.append(v if v is not None else np.zeros(DIM))
+            # and its live windows: 3 s at a 0.5 s hop, the statistic growing with the frames up to each end
+            voice = SessionVoice(LIVE_V4.voice_prior_frames)
+            start = t0
+            while True:
+                end = start + 3.0
+                voice.add(voiced_moments(sample.afeat, LIVE_V4, after=voice.until, before=end))
+                v = voice_vector(sample.afeat, start, end, voice, LIVE_V4)
+                if v is not None:
+                    WINDOWS.append((v, spec.emotion, spec.split))
+                if end >= t1:
+                    break
+                start += 0.5
         for name in sorted(set(session_of)):
             rows = np.flatnonzero(session_of == name)
             voice = SessionVoice(LIVE_V4.voice_prior_frames)
@@ -109,12 +124,16 @@ def vectors(datasets: list[Path]) -> tuple:
 
 
 def save_expert(x: np.ndarray, x_alone: np.ndarray, y: np.ndarray, modes: np.ndarray, corpora: np.ndarray,
-                path: Path) -> dict:
+                path: Path, windows: bool = False) -> dict:
     """Train the carried expert (see the module docstring) and write it; returns its figures. It
     learns from each clip twice: read within its speaker's session (a long live session) and as a
     session of its own (a short one, barely normalised), so that it serves both."""
     both_x, both_y = np.concatenate([x, x_alone]), np.concatenate([y, y])
     both_modes = np.concatenate([modes, modes])
+    if windows:  # also each clip's live windows, as a one-clip live run reads them
+        both_x = np.concatenate([both_x, np.stack([w[0] for w in WINDOWS])])
+        both_y = np.concatenate([both_y, [w[1] for w in WINDOWS]])
+        both_modes = np.concatenate([both_modes, [w[2] for w in WINDOWS]])
     model, xs, best = fit_linear(both_x, both_y, both_modes)
     train = both_modes == "train"
     scaler_mean, scaler_scale = both_x[train].mean(0), both_x[train].std(0)
@@ -135,7 +154,8 @@ def save_expert(x: np.ndarray, x_alone: np.ndarray, y: np.ndarray, modes: np.nda
     figures["accuracy"] = round((figures["session"]["accuracy"] + figures["alone"]["accuracy"]) / 2, 4)
     meta = {"model": "multinomial logistic regression, balanced classes", "C": best[1],
             "inputs": "voice_vector: per-session normalised voiced eGeMAPS frames, 25 x (mean, sd, p10, p50, p90) "
-                      "+ voiced share; each train clip read in its speaker's session and alone",
+                      "+ voiced share; each train clip read in its speaker's session and alone"
+                      + (", and its live 3 s windows" if windows else ""),
             "trained_on": sorted(set(corpora)), "train_clips": int((modes == "train").sum()),
             "valid_uar": round(best[0], 4), "test": figures,
             "licence": "derived from RAVDESS (CC BY-NC-SA 4.0) and EmoDB (research use): non-commercial"}
@@ -231,6 +251,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", type=Path, nargs="+", help="folders of `dmd convert` (label.csv and Raw/)")
     ap.add_argument("--save", type=Path, help="train the carried expert on all datasets and write it here")
+    ap.add_argument("--windows", action="store_true", help="--save: also train on each clip's live windows")
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--data", type=Path, help="the corpus's pickle for --checkpoint (its profile)")
     ap.add_argument("--folds", action="store_true")
@@ -242,7 +263,8 @@ def main() -> None:
     out: dict = {"bench": "voice_expert", "dataset": [str(d) for d in args.dataset], "clips": len(ids),
                  "features": x_global.shape[1]}
     if args.save:
-        out["saved"] = {"path": str(args.save), **save_expert(x_session, x_alone, y, modes, corpora, args.save)}
+        out["saved"] = {"path": str(args.save),
+                        **save_expert(x_session, x_alone, y, modes, corpora, args.save, windows=args.windows)}
         print(json.dumps(out, indent=1))
         return
     te = modes == "test"

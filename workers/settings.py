@@ -71,8 +71,8 @@ class InferenceSettings:
     neutral_band: float = 0.5  # |sentiment| below this is labelled neutral
     estimates_history: int = 7200  # estimates kept per session (7,200: an hour at a 0.5 s hop; 3.1 KB each)
     # pool the voice expert's emotions with the model's (workers/infer/fusion.py); off by default:
-    # it lifted RAVDESS and EmoDB test UAR but not their validation UAR, nor live runs of single
-    # clips (BENCHMARKS.md, "The voice expert")
+    # it lifted RAVDESS and EmoDB test UAR but not their validation UAR, and live runs of single
+    # clips barely (BENCHMARKS.md, "The voice expert")
     voice_expert: bool = False
 
 

@@ -18,8 +18,8 @@ With `inference.voice_expert` (off by default), the voice expert (`dmd_model.fea
 a linear model on per-session normalised statistics of the window's voiced frames) is pooled the same
 way whenever it read the window (enough voiced frames), also when DMD reads the voice itself: on
 unseen speakers it reads the voice about as well as DMD or better, and pooled with the default
-checkpoint it lifted RAVDESS and EmoDB test UAR by 5-8 points, but not their validation UAR, nor the
-live runs of single RAVDESS clips (BENCHMARKS.md, "The voice expert"): hence off. The audio entry
+checkpoint it lifted RAVDESS and EmoDB test UAR by up to 8 points, but not their validation UAR,
+and live runs of single RAVDESS clips barely (BENCHMARKS.md, "The voice expert"): hence off. The audio entry
 stays DMD's audio heads' where the model has an emotion head, else it is the expert's.
 
 The weights are measured accuracies on the seven emotions, each model's on its own test data:
