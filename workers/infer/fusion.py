@@ -149,9 +149,9 @@ def window_emotions(model: Sequence[float] | None, model_modalities: Mapping[str
     if model is None:
         opinions = [(v, w) for v, w in ((seen, weights.face), (heard, weights.voice)) if v is not None]
         fused = pool_all(opinions) if len(opinions) > 1 else (opinions[0][0] if opinions else None)
+        both = seen is not None and heard is not None  # pooled with each other, not with a model
         return WindowEmotions(fused=fused, modalities={"text": None, "audio": heard, "visual": seen},
-                              face_pooled=seen is not None and heard is not None, voice_pooled=heard is not None
-                              and seen is not None)
+                              face_pooled=both, voice_pooled=both)
     own: dict[str, Vector | None] = {m: _vector(model_modalities, m) for m in MODALITIES}
     fused = tuple(float(p) for p in model)
     opinions: list[tuple[Sequence[float], float]] = [(fused, weights.model)]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -328,17 +327,17 @@ class InferenceWorker:
         else:
             encoders = [encoder] * len(jobs)
         for job, enc in zip(jobs, encoders):
-            job.window = align_window(job.words, job.audio, job.visual, job.notice.t_start, job.notice.t_end,
-                                      text_encoder=enc, profile=self.profile)
+            t_start, t_end = job.notice.t_start, job.notice.t_end
+            audio = job.audio
             if self.profile.voice_session or self.voice_expert is not None:
                 voice = self._session_voice(job)
-                t_start, t_end = job.notice.t_start, job.notice.t_end
-                if self.profile.voice_session:
-                    job.window = dataclasses.replace(
-                        job.window, audio=voice.positions(job.audio, t_start, t_end, self.profile))
+                if self.profile.voice_session:  # live-v4: the window aligned from the normalised frames
+                    audio = voice.normalise_frames(job.audio, self.profile)
                 if self.voice_expert is not None:
                     vector = voice_vector(job.audio, t_start, t_end, voice, self.profile)
                     job.voice_emotions = None if vector is None else self.voice_expert.probabilities(vector)
+            job.window = align_window(job.words, audio, job.visual, t_start, t_end, text_encoder=enc,
+                                      profile=self.profile)
 
     def _session_voice(self, job: _Job) -> SessionVoice:
         """The session's running statistic of its voice (live-v4's normalisation, the voice expert's
