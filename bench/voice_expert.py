@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from dmd_model.datasets.labels import read_labels  # noqa: E402
 from dmd_model.datasets.samples import Extractor  # noqa: E402
 from dmd_model.features import LIVE_V4, SessionVoice, voiced_moments  # noqa: E402
-from dmd_model.features.voice_expert import DIM, VoiceExpert, voice_vector  # noqa: E402
+from dmd_model.features.voice_expert import DIM, VoiceExpert, voice_statistics, voice_vector  # noqa: E402
 from dmd_model.features.voice_norm import session_order  # noqa: E402
 from dmd_types import EMOTIONS  # noqa: E402
 
@@ -58,15 +58,10 @@ CS = (0.3, 1.0, 3.0, 10.0, 30.0)
 GAMMAS = ("scale", 0.003, 0.01, 0.03)
 
 
-def clip_vector(frames, t0: float, t1: float, voice: SessionVoice | None) -> np.ndarray:
+def clip_vector(frames, t0: float, t1: float) -> np.ndarray:
+    """The "global" vector: the expert's statistics of the clip's frames, not normalised."""
     frames = frames.between(t0, t1)
-    if voice is not None:
-        frames = voice.normalise_frames(frames, LIVE_V4)
-    z = LIVE_V4.standardise_audio(frames.values[frames.present]).astype(np.float64)
-    if len(z) < 2:
-        return np.zeros(25 * 5 + 1)
-    stats = [z.mean(0), z.std(0), *np.percentile(z, [10, 50, 90], axis=0)]
-    return np.concatenate([*stats, [frames.present.mean()]])
+    return voice_statistics(frames, LIVE_V4) if int(frames.present.sum()) >= 2 else np.zeros(DIM)
 
 
 WINDOWS: list[tuple[np.ndarray, int, str]] = []  # (vector, emotion, split) of every clip's live windows
@@ -113,7 +108,7 @@ def vectors(datasets: list[Path]) -> tuple:
                 v = voice_vector(samples[r].afeat, t0, t1, voice, LIVE_V4)
                 local[r] = v if v is not None else 0.0
         ids += names
-        xg += [clip_vector(s.afeat, *s.span, None) for s in samples]
+        xg += [clip_vector(s.afeat, *s.span) for s in samples]
         xs.append(local)
         ys += [s.emotion for s in specs]
         modes += [s.split for s in specs]

@@ -44,10 +44,15 @@ def voice_vector(frames: Frames, t_start: float, t_end: float, voice: SessionVoi
     window = frames.between(float(t_start), float(t_end))
     if int(window.present.sum()) < MIN_VOICED:
         return None
-    normalised = voice.normalise_frames(window, profile)
-    z = profile.standardise_audio(normalised.values[normalised.present]).astype(np.float64)
+    return voice_statistics(voice.normalise_frames(window, profile), profile)
+
+
+def voice_statistics(frames: Frames, profile: Profile) -> np.ndarray:
+    """(126,): over the voiced frames (in the profile's standardised units), each descriptor's mean,
+    spread and 10th, 50th and 90th percentiles, then the share of voiced frames."""
+    z = profile.standardise_audio(frames.values[frames.present]).astype(np.float64)
     stats = [z.mean(0), z.std(0), *np.percentile(z, [10, 50, 90], axis=0)]
-    return np.concatenate([*stats, [float(window.present.mean())]])
+    return np.concatenate([*stats, [float(frames.present.mean())]])
 
 
 @dataclass(frozen=True)
