@@ -409,6 +409,24 @@ def dead_letters(r) -> list[Any]:
     return [DeadLetter.from_entry(i, f) for key in partitions_of(r).keys("dead") for i, f in r.xrange(key)]
 
 
+async def run_worker_until_published(worker: Any, count: int, timeout: float = 60.0) -> None:
+    """Run an in-process inference worker until it has published `count` estimates (or ended), then
+    stop it and wait for it to finish."""
+    import asyncio
+
+    from redis_fixtures import eventually
+
+    task = asyncio.create_task(worker.run())
+
+    async def published() -> bool:
+        await asyncio.sleep(0.05)
+        return worker.published >= count or task.done()
+
+    await eventually(published, timeout, "every window published")
+    worker.stop()
+    await asyncio.wait_for(task, 20)
+
+
 def all_published(r, session: str, expected: int | None = None) -> bool:
     """Every notice of `session` has an estimate (and there are `expected` notices, if given)."""
     sent = notices(r, session)

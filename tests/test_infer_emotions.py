@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from redis_fixtures import eventually
 
 from dmd_model.features import LIVE_V1, LIVE_V2, FeatureError, align_window, voiced_mask
 from dmd_model.features.text import TokenEmbeddings
@@ -23,7 +22,7 @@ from stream.messages import WindowNotice
 from stream.publish import read_ema
 
 pytest.register_assert_rewrite("pipeline_helpers")
-from pipeline_helpers import check_estimates  # noqa: E402
+from pipeline_helpers import check_estimates, run_worker_until_published  # noqa: E402
 from test_pipeline_worker import write_session  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -117,15 +116,7 @@ def test_a_checkpoint_with_an_emotion_head_publishes_smoothed_emotions_and_each_
 
         r = connect(redis_url)
         windows = await write_session(r, "feelings", 6.0, np.random.default_rng(4))
-        task = asyncio.create_task(worker.run())
-
-        async def all_published() -> bool:
-            await asyncio.sleep(0.05)
-            return worker.published >= len(windows) or task.done()
-
-        await eventually(all_published, 60, "every window published")
-        worker.stop()
-        await asyncio.wait_for(task, 20)
+        await run_worker_until_published(worker, len(windows))
         found = [e.to_dict() for e in await Session(r, "feelings").estimates(1000)]
         check_estimates(found, windows, session="feelings", latency=False)
         state = await read_ema(r, "feelings")  # the emotions' EMA is kept beside the sentiment's

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from redis_fixtures import eventually
 
 from dmd_model.features import (
     FACE_FRAME_NAMES,
@@ -35,7 +34,7 @@ from stream.window import WindowSpec
 from workers.infer.fusion import FACE_EXPERT_ACCURACY, FusionWeights, pool, window_emotions
 
 pytest.register_assert_rewrite("pipeline_helpers")
-from pipeline_helpers import face_frames, write_clip  # noqa: E402
+from pipeline_helpers import face_frames, run_worker_until_published, write_clip  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -226,15 +225,7 @@ def serve(worker, redis_url: str, sid: str, seconds: float, face_until: float) -
     async def main() -> tuple[list[dict], Frames]:
         r = connect(redis_url)
         windows = await write_session(r, sid, seconds, np.random.default_rng(7), face_until)
-        task = asyncio.create_task(worker.run())
-
-        async def all_published() -> bool:
-            await asyncio.sleep(0.05)
-            return worker.published >= len(windows) or task.done()
-
-        await eventually(all_published, 60, "every window published")
-        worker.stop()
-        await asyncio.wait_for(task, 20)
+        await run_worker_until_published(worker, len(windows))
         found = [e.to_dict() for e in await Session(r, sid).estimates(1000)]
         faces = await Session(r, sid).read_frames(FACE, 0.0, seconds)
         await r.aclose()

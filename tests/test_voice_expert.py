@@ -3,28 +3,21 @@ emotions as the face expert's are."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from redis_fixtures import eventually
 
 from dmd_model.features import LIVE_V2, LIVE_V4, FeatureError, SessionVoice, voiced_moments
 from dmd_model.features.voice_expert import DIM, MIN_VOICED, VoiceExpert, load_voice_expert, voice_vector
 from dmd_types import EMOTIONS, Frames
-from stream.connection import connect
 from stream.estimate import validate_estimate
-from stream.lifecycle import start_session
-from stream.messages import ACOUSTIC
-from stream.session import Session
-from stream.window import WindowSpec
 from workers.infer.fusion import FusionWeights, pool_all, window_emotions
 
 pytest.register_assert_rewrite("test_infer_face", "test_voice_norm")
 from test_infer_face import small_checkpoint, worker_for  # noqa: E402
-from test_voice_norm import F0, speaker_frames  # noqa: E402
+from test_voice_norm import F0, serve_voice, speaker_frames  # noqa: E402
 
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion_speech" / "ravdess"
 SAD = (0.1, 0.05, 0.7, 0.05, 0.04, 0.03, 0.03)
@@ -119,33 +112,6 @@ def test_the_voice_is_pooled_with_the_model_and_the_face_by_their_weights() -> N
 
 
 # --- live, through Redis ----------------------------------------------------------------------------
-
-def serve_voice(worker, redis_url: str, sid: str, frames: Frames, seconds: float) -> list[dict]:
-    async def main() -> list[dict]:
-        r = connect(redis_url)
-        session = Session(r, sid)
-        await start_session(r, sid, "test", {"asr": "none"})
-        await session.add(frames, ACOUSTIC)
-        spec = WindowSpec()
-        windows = list(range(spec.first, spec.last_ending_by(seconds) + 1))
-        for k in windows:
-            await session.notify_window(spec.window(k))
-        task = asyncio.create_task(worker.run())
-
-        async def all_published() -> bool:
-            await asyncio.sleep(0.05)
-            return worker.published >= len(windows) or task.done()
-
-        await eventually(all_published, 60, "every window published")
-        worker.stop()
-        await asyncio.wait_for(task, 20)
-        found = [e.to_dict() for e in await session.estimates(1000)]
-        await r.aclose()
-        assert [e["window"] for e in found] == windows
-        return found
-
-    return asyncio.run(main())
-
 
 @pytest.mark.timeout(120)
 def test_a_worker_pools_the_voice_experts_reading_of_each_window(redis_url: str, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from redis_fixtures import eventually
 
 from dmd_model.features import (
     AUDIO_NAMES,
@@ -37,7 +36,8 @@ from stream.messages import ACOUSTIC, WindowNotice
 from stream.session import Session
 from stream.window import WindowSpec
 
-pytest.register_assert_rewrite("test_infer_face")
+pytest.register_assert_rewrite("test_infer_face", "pipeline_helpers")
+from pipeline_helpers import run_worker_until_published  # noqa: E402
 from test_infer_face import OneTokenPerWord, small_checkpoint, worker_for  # noqa: E402
 
 F0 = AUDIO_NAMES.index("F0semitoneFrom27.5Hz_sma3nz")
@@ -216,30 +216,7 @@ def test_a_live_v4_worker_serves_a_session_through_redis(redis_url: str, tmp_pat
     seconds = 8.0
     frames = speaker_frames(seconds, 28.0, np.random.default_rng(8))
 
-    async def main() -> list[dict]:
-        r = connect(redis_url)
-        session = Session(r, "v4")
-        await start_session(r, "v4", "test", {"asr": "none"})
-        await session.add(frames, ACOUSTIC)
-        spec = WindowSpec()
-        windows = list(range(spec.first, spec.last_ending_by(seconds) + 1))
-        for k in windows:
-            await session.notify_window(spec.window(k))
-        task = asyncio.create_task(worker.run())
-
-        async def all_published() -> bool:
-            await asyncio.sleep(0.05)
-            return worker.published >= len(windows) or task.done()
-
-        await eventually(all_published, 60, "every window published")
-        worker.stop()
-        await asyncio.wait_for(task, 20)
-        found = [e.to_dict() for e in await session.estimates(1000)]
-        await r.aclose()
-        assert [e["window"] for e in found] == windows
-        return found
-
-    found = asyncio.run(main())
+    found = serve_voice(worker, redis_url, "v4", frames, seconds)
     for e in found:
         validate_estimate(e)
         assert e["modalities"]["audio"]["present"] and e["modalities"]["audio"]["used"]
@@ -251,6 +228,27 @@ def test_a_live_v4_worker_serves_a_session_through_redis(redis_url: str, tmp_pat
     (prediction,) = worker.predictor.predict(window.text[None], audio[None], window.visual[None])
     assert list(last["modalities"]["audio"]["emotions"].values()) == pytest.approx(
         prediction.modality_emotions["audio"], abs=1e-5)
+
+
+def serve_voice(worker, redis_url: str, sid: str, frames: Frames, seconds: float) -> list[dict]:
+    """A session of acoustic frames (no words, no face) and its window notices written to Redis,
+    served by `worker` until every window is published: its estimates, in window order."""
+    async def main() -> list[dict]:
+        r = connect(redis_url)
+        session = Session(r, sid)
+        await start_session(r, sid, "test", {"asr": "none"})
+        await session.add(frames, ACOUSTIC)
+        spec = WindowSpec()
+        windows = list(range(spec.first, spec.last_ending_by(seconds) + 1))
+        for k in windows:
+            await session.notify_window(spec.window(k))
+        await run_worker_until_published(worker, len(windows))
+        found = [e.to_dict() for e in await session.estimates(1000)]
+        await r.aclose()
+        assert [e["window"] for e in found] == windows
+        return found
+
+    return asyncio.run(main())
 
 
 # --- offline: dmd extract ------------------------------------------------------------------------------
